@@ -1,0 +1,316 @@
+"""Scan files: read once, gather facts, match rules, judge. The library's entry point.
+
+    >>> import guard
+    >>> v = guard.scan_path("Contract.pdf")
+    >>> v.level, v.summary
+
+A scan never raises for a bad file: unreadable, vanished, special or malformed files get a
+Verdict with ``error`` or a reason saying so. Only a bad *argument* (rules that cannot be
+read at all) raises a GuardError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import stat
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pefile
+
+from .analyze.yara_scan import BUNDLED_RULES, RuleSet, compile_rules, default_cache_dir
+from .identify.containers import READERS, UNINSPECTED, Limits, walk_container
+from .identify.filetype import identify, yara_filetype
+from .identify.names import analyze_name, split_extension
+from .identify.office import inspect_macros
+from .identify.pdf import inspect_pdf
+from .identify.pe import inspect_pe
+from .identify.sample import MemberHit, Sample
+from .identify.shortcut import inspect_shortcut
+from .policy.engine import judge
+from .verdict import Family, FileType, Level, Verdict
+
+HEAD_BYTES = 1 << 20       # what a too-large file is identified from
+_READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ScanOptions:
+    max_size_bytes: int = 100 * 1024 * 1024   # above: hash and header only ("too-large")
+    yara_timeout_s: float = 10.0
+    follow_symlinks: bool = False
+    limits: Limits = field(default_factory=Limits)
+
+
+def _owner(uid: int, _cache: dict[int, str] = {}) -> str:  # noqa: B006 - deliberate cache
+    if uid not in _cache:
+        try:
+            _cache[uid] = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            _cache[uid] = str(uid)
+    return _cache[uid]
+
+
+def _is_runnable(ftype: FileType | None, name: str) -> bool:
+    content = ftype is not None and ftype.family.runs and not ftype.guessed
+    return content or analyze_name(name).claimed.runs
+
+
+class Scanner:
+    """Holds compiled rules and options; scan_file() is safe to call from one thread.
+
+    Build one per process (rules compile once; libmagic handles are per thread).
+    """
+
+    def __init__(self, rules: RuleSet | None = None, options: ScanOptions | None = None):
+        self.rules = rules
+        self.options = options or ScanOptions()
+
+    # --- one file ---------------------------------------------------------------------
+    def scan_file(self, path: str | os.PathLike[str], follow: bool = True) -> Verdict:
+        """Scan one file. *follow* False refuses to open a symlink (O_NOFOLLOW)."""
+        spath = os.fsdecode(path)
+        sample = Sample(path=spath, name=analyze_name(os.path.basename(spath.rstrip("/"))))
+        started = time.monotonic()
+        try:
+            self._gather(sample, spath, follow)
+        except OSError as exc:
+            sample.error = _oserror_text(exc)
+        except MemoryError:
+            sample.limits_exceeded.append("out of memory while reading")
+        return self._verdict(sample, time.monotonic() - started)
+
+    def _gather(self, s: Sample, path: str, follow: bool) -> None:
+        flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        if not follow:
+            flags |= getattr(os, "O_NOFOLLOW", 0)
+        try:
+            st = os.stat(path, follow_symlinks=follow)
+        except OSError as exc:
+            s.error = _oserror_text(exc)
+            return
+        if not stat.S_ISREG(st.st_mode):
+            s.skipped = _special_kind(st.st_mode)
+            return
+        fd = os.open(path, flags)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):       # swapped between stat and open
+                s.skipped = _special_kind(st.st_mode)
+                return
+            s.size = st.st_size
+            data, tail, digest = self._read(fd, st.st_size)
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or \
+                len(data) != min(st.st_size, len(data) if s.size > self.options.max_size_bytes
+                                 else st.st_size):
+            s.error = "the file changed while it was being scanned"
+            return
+        s.sha256 = digest
+        s.too_large = st.st_size > self.options.max_size_bytes
+        self._inspect(s, data, tail, st)
+
+    def _read(self, fd: int, size: int) -> tuple[bytes, bytes, str]:
+        """(content or head, tail, sha256). Whole content when within max_size_bytes."""
+        if size <= self.options.max_size_bytes:
+            chunks = []
+            while True:
+                chunk = os.read(fd, max(_READ_CHUNK, size + 1 - sum(map(len, chunks))))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if sum(map(len, chunks)) > self.options.max_size_bytes:
+                    break
+            data = b"".join(chunks)
+            return data, data[-512:], hashlib.sha256(data).hexdigest()
+        h = hashlib.sha256()
+        head = b""
+        tail = b""
+        while True:
+            chunk = os.read(fd, _READ_CHUNK)
+            if not chunk:
+                break
+            h.update(chunk)
+            if len(head) < HEAD_BYTES:
+                head += chunk[: HEAD_BYTES - len(head)]
+            tail = (tail + chunk)[-512:]
+        return head, tail, h.hexdigest()
+
+    def _inspect(self, s: Sample, data: bytes, tail: bytes, st: os.stat_result) -> None:
+        s.type = ftype = identify(data[: 256 * 1024], s.name.extension, tail)
+        whole = not s.too_large
+        kind = ftype.kind
+        if kind == "pe":
+            try:
+                s.pe = inspect_pe(data)
+            except pefile.PEFormatError as exc:
+                s.malformed.append(f"pe: {exc}")
+        elif ftype.family is Family.SHORTCUT:
+            s.shortcut = inspect_shortcut(data[:65536], kind)
+            if s.shortcut.error:
+                s.malformed.append(f"{kind}: {s.shortcut.error}")
+        if whole and kind in ("ole", "ooxml"):
+            s.macros = inspect_macros(data, kind, s.name.name)
+        if whole and kind == "pdf":
+            s.pdf = inspect_pdf(data)
+        if whole and (kind in READERS or kind in UNINSPECTED):
+            s.container = walk_container(data, kind, self.options.limits, _is_runnable)
+        elif kind in UNINSPECTED:
+            s.container = walk_container(b"", kind)
+        if self.rules is not None and len(self.rules):
+            self._match_rules(s, data, st)
+
+    def _match_rules(self, s: Sample, data: bytes, st: os.stat_result) -> None:
+        ext = f".{s.name.extension}" if s.name.extension else ""
+        externals = {
+            "filename": s.name.name, "filepath": s.path, "extension": ext,
+            "filetype": yara_filetype(s.type) if s.type else "", "owner": _owner(st.st_uid),
+            "md5": hashlib.md5(data, usedforsecurity=False).hexdigest()
+            if self.rules is not None and self.rules.needs_md5 else "",
+        }
+        deadline = self.options.yara_timeout_s
+        started = time.monotonic()
+        try:
+            s.rule_hits = self.rules.match(data, externals, deadline)
+            for m in (s.container.members if s.container else ()):
+                if not m.sample:
+                    continue
+                left = deadline - (time.monotonic() - started)
+                if left <= 0:
+                    raise TimeoutError(f"YARA scan exceeded {deadline:g} s")
+                mext = split_extension(m.name)[1]
+                hits = self.rules.match(m.sample, {
+                    "filename": m.name, "filepath": f"{s.path}!{m.path}",
+                    "extension": f".{mext}" if mext else "",
+                    "filetype": yara_filetype(m.type) if m.type else "",
+                    "owner": externals["owner"], "md5": ""}, left)
+                s.member_hits.extend(MemberHit(m.path, h) for h in hits)
+        except TimeoutError as exc:
+            s.limits_exceeded.append(f"yara: {exc}")
+
+    def _verdict(self, s: Sample, elapsed_s: float) -> Verdict:
+        level, reasons = judge(s)
+        details: dict[str, object] = {"scan_ms": round(elapsed_s * 1000, 2)}
+        if s.pe is not None:
+            details["pe"] = s.pe.to_dict()
+        if s.shortcut is not None:
+            details["shortcut"] = s.shortcut.to_dict()
+        if s.container is not None:
+            details["container"] = {
+                "members": len(s.container.members),
+                "expanded_bytes": s.container.expanded_bytes,
+                "truncated": s.container.truncated,
+                "runnable": [m.path for m in s.container.members if m.sample][:50],
+            }
+        rules = [h.rule for h in s.rule_hits] + [h.hit.rule for h in s.member_hits]
+        return Verdict(
+            path=s.path, level=level, reasons=reasons, sha256=s.sha256, size=s.size,
+            type=s.type or Verdict.__dataclass_fields__["type"].default,
+            claimed_family=s.name.claimed, rules=tuple(dict.fromkeys(rules)),
+            error=s.error, details=details, skipped=bool(s.skipped),
+        )
+
+    # --- trees ------------------------------------------------------------------------
+    def iter_targets(self, paths: Iterable[str | os.PathLike[str]]
+                     ) -> Iterator[tuple[str, Verdict | None]]:
+        """Walk *paths*: (file to scan, None) or (path, ready Verdict) for skipped ones.
+
+        A path named on the command line is followed if it is a link (like find -H);
+        links met while walking are followed only when they stay inside the root that
+        was named, unless follow_symlinks is set. Folder loops are never walked twice.
+        """
+        for p in paths:
+            p = os.fsdecode(p)
+            try:
+                st = os.stat(p)
+            except OSError as exc:
+                yield p, self._error_verdict(p, _oserror_text(exc))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                root = os.path.realpath(p)
+                yield from self._walk(p, root, {(st.st_dev, st.st_ino)})
+            else:
+                yield p, None
+
+    def _walk(self, folder: str, root: str, seen: set[tuple[int, int]]
+              ) -> Iterator[tuple[str, Verdict | None]]:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            yield folder, self._error_verdict(folder, _oserror_text(exc))
+            return
+        for entry in entries:
+            path = entry.path
+            try:
+                is_link = entry.is_symlink()
+                if is_link and not self.options.follow_symlinks:
+                    target = os.path.realpath(path)
+                    if not (target == root or target.startswith(root.rstrip("/") + "/")):
+                        yield path, self._skip_verdict(path, "a link to outside the scanned "
+                                                             "folder was not followed")
+                        continue
+                st = entry.stat(follow_symlinks=True)
+            except OSError as exc:
+                yield path, self._error_verdict(path, _oserror_text(exc))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    continue
+                yield from self._walk(path, root, seen | {key})
+            elif stat.S_ISREG(st.st_mode):
+                yield path, None
+            else:
+                yield path, self._skip_verdict(path, f"not a regular file ({_special_kind(st.st_mode)})")
+
+    def _error_verdict(self, path: str, error: str) -> Verdict:
+        s = Sample(path=path, name=analyze_name(os.path.basename(path.rstrip("/")) or path))
+        s.error = error
+        return self._verdict(s, 0.0)
+
+    def _skip_verdict(self, path: str, why: str) -> Verdict:
+        s = Sample(path=path, name=analyze_name(os.path.basename(path)))
+        s.skipped = why
+        return self._verdict(s, 0.0)
+
+
+def _special_kind(mode: int) -> str:
+    for test, word in ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISDIR, "folder")):
+        if test(mode):
+            return word
+    return "special file"
+
+
+def _oserror_text(exc: OSError) -> str:
+    return (exc.strerror or type(exc).__name__).lower() if exc.strerror else str(exc)
+
+
+_default_scanner: Scanner | None = None
+
+
+def load_rules(extra_dirs: Iterable[str | os.PathLike[str]] = (), bundled: bool = True
+               ) -> RuleSet:
+    """Bundled rules/ plus *extra_dirs*, compiled (cached). Broken files are in .errors."""
+    dirs = ([BUNDLED_RULES] if bundled and BUNDLED_RULES.is_dir() else []) + [
+        Path(d) for d in extra_dirs]
+    return compile_rules(dirs, cache_dir=default_cache_dir())
+
+
+def scan_path(path: str | os.PathLike[str], rules: RuleSet | None = None,
+              options: ScanOptions | None = None) -> Verdict:
+    """Scan one file with the bundled rules (or *rules*). Never raises for a bad file."""
+    global _default_scanner
+    if rules is not None or options is not None:
+        return Scanner(rules if rules is not None else load_rules(), options).scan_file(path)
+    if _default_scanner is None:
+        _default_scanner = Scanner(load_rules())
+    return _default_scanner.scan_file(path)

@@ -1,0 +1,158 @@
+"""The shared vocabulary: what a file *is* (Verdict) and why (Reason).
+
+Every string value here is stable: the audit log, SIEM parsers and admins' scripts
+depend on it. Add members; never rename them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Level(enum.Enum):
+    """How bad a file is. Ordered: CLEAN < SUSPICIOUS < MALICIOUS."""
+
+    CLEAN = "clean"
+    SUSPICIOUS = "suspicious"
+    MALICIOUS = "malicious"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+    def __lt__(self, other: "Level") -> bool:  # lets max() pick the worst level
+        return self.rank < other.rank
+
+
+_RANK = {Level.CLEAN: 0, Level.SUSPICIOUS: 1, Level.MALICIOUS: 2}
+
+
+class Family(enum.Enum):
+    """What kind of thing a file is, from the employee's point of view."""
+
+    DOCUMENT = "document"
+    IMAGE = "image"
+    AUDIO = "audio"
+    VIDEO = "video"
+    ARCHIVE = "archive"
+    DISK_IMAGE = "disk-image"
+    EXECUTABLE = "executable"
+    SCRIPT = "script"
+    SHORTCUT = "shortcut"
+    OTHER = "other"
+
+    @property
+    def runs(self) -> bool:
+        """True for families that execute when opened (double-click or launch)."""
+        return self in RUNNABLE
+
+
+RUNNABLE = frozenset({Family.EXECUTABLE, Family.SCRIPT, Family.SHORTCUT})
+# Families a lure pretends to be: anything a person opens to *look at*.
+INERT = frozenset({Family.DOCUMENT, Family.IMAGE, Family.AUDIO, Family.VIDEO,
+                   Family.ARCHIVE, Family.DISK_IMAGE})
+
+
+class Code(str, enum.Enum):
+    """Stable reason codes."""
+
+    TYPE_MISMATCH = "type-mismatch"
+    DOUBLE_EXTENSION = "double-extension"
+    BIDI_OVERRIDE = "bidi-override"
+    PADDED_NAME = "padded-name"
+    LURE_NAME = "lure-name"
+    EXEC_IN_CONTAINER = "exec-in-container"
+    EMBEDDED_EXECUTABLE = "embedded-executable"
+    MACRO_DOCUMENT = "macro-document"
+    PDF_ACTIVE_CONTENT = "pdf-active-content"
+    LNK_COMMAND = "lnk-command"
+    EXECUTABLE = "executable"          # an honest executable, script or shortcut
+    YARA_MATCH = "yara-match"
+    ARCHIVE_BOMB = "archive-bomb"
+    ENCRYPTED_CONTAINER = "encrypted-container"
+    MALFORMED = "malformed"
+    TOO_LARGE = "too-large"
+    LIMIT_EXCEEDED = "limit-exceeded"
+    SCAN_FAILED = "scan-failed"
+    NOT_REGULAR = "not-regular-file"
+    SYMLINK_SKIPPED = "symlink-skipped"
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str                # a Code value
+    severity: Level
+    message: str             # one sentence an employee understands
+    detail: str = ""         # for the SOC: "MZ/PE32+ header at 0, name ends .pdf"
+
+    def to_dict(self) -> dict[str, str]:
+        out = {"code": str(getattr(self.code, "value", self.code)), "severity": self.severity.value, "message": self.message}
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+
+@dataclass(frozen=True)
+class FileType:
+    """What the content really is."""
+
+    mime: str
+    description: str
+    family: Family
+    kind: str = ""           # exact family member: "pe", "elf", "macho", "lnk", "zip", ...
+    guessed: bool = False    # family rests on libmagic's keyword guess, not an exact check
+
+    def to_dict(self) -> dict[str, str]:
+        return {"mime": self.mime, "description": self.description,
+                "family": self.family.value, "kind": self.kind}
+
+
+UNKNOWN_TYPE = FileType("application/octet-stream", "unknown", Family.OTHER)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The scan's judgement of one file. Immutable; safe to pass between processes."""
+
+    path: str
+    level: Level
+    reasons: tuple[Reason, ...] = ()
+    sha256: str = ""
+    size: int = 0
+    type: FileType = UNKNOWN_TYPE
+    claimed_family: Family = Family.OTHER
+    rules: tuple[str, ...] = ()
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    skipped: bool = False    # not a regular file, or a link not followed: never opened
+
+    @property
+    def flagged(self) -> bool:
+        return self.level is not Level.CLEAN
+
+    @property
+    def codes(self) -> tuple[str, ...]:
+        return tuple(str(getattr(r.code, "value", r.code)) for r in self.reasons)
+
+    @property
+    def summary(self) -> str:
+        """The one sentence for the employee: the worst reason's message."""
+        worst = [r for r in self.reasons if r.severity is self.level]
+        return worst[0].message if worst else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "size": self.size,
+            "verdict": self.level.value,
+            "type": self.type.to_dict(),
+            "claimed_family": self.claimed_family.value,
+            "reasons": [r.to_dict() for r in self.reasons],
+            "rules": list(self.rules),
+            "error": self.error,
+            "skipped": self.skipped,
+            "details": self.details,
+        }
