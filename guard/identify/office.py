@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 import zipfile
 from dataclasses import dataclass
 
@@ -32,7 +33,9 @@ def inspect_macros(data: bytes, kind: str, name: str = "") -> MacroFacts:
         if not any(n.endswith("vbaproject.bin") for n in names):
             return MacroFacts(vba=False, xlm=xlm)
     try:
-        from oletools import olevba
+        with warnings.catch_warnings():   # oletools' pyparsing grammar warns on import
+            warnings.simplefilter("ignore")
+            from oletools import olevba
         logging.getLogger("olevba").setLevel(logging.CRITICAL)
         parser = olevba.VBA_Parser(name or "file", data=data)
         try:
