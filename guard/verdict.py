@@ -6,6 +6,7 @@ depend on it. Add members; never rename them.
 
 from __future__ import annotations
 
+import base64
 import enum
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,8 +144,17 @@ class Verdict:
         return worst[0].message if worst else ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
+        """JSON-ready. ``path`` is always valid Unicode; when the real name is not valid
+        UTF-8, ``path_b64`` carries its exact bytes (base64) so nothing is lost."""
+        try:
+            self.path.encode("utf-8")
+            path, raw = self.path, None
+        except UnicodeEncodeError:
+            exact = self.path.encode("utf-8", "surrogateescape")
+            path = exact.decode("utf-8", "replace")
+            raw = base64.b64encode(exact).decode("ascii")
+        out = {
+            "path": path,
             "sha256": self.sha256,
             "size": self.size,
             "verdict": self.level.value,
@@ -156,3 +166,6 @@ class Verdict:
             "skipped": self.skipped,
             "details": self.details,
         }
+        if raw is not None:
+            out["path_b64"] = raw
+        return out

@@ -26,6 +26,7 @@ from .filetype import identify
 from .names import split_extension
 
 HEAD_BYTES = 64 * 1024
+_BOMB_FLOOR = 16 << 20    # below this expanded size, no ratio is a bomb
 # Containers whose parts are a document's own XML and media: only the exact checks run on
 # their members (libmagic on every part of every .docx would cost more than it finds).
 _DOC_PARTS = frozenset({"ooxml", "odf", "epub"})
@@ -37,7 +38,7 @@ class Limits:
     max_members: int = 10_000              # members listed, all levels together
     max_expanded_bytes: int = 256 << 20    # bytes decompressed, all levels together
     max_member_bytes: int = 64 << 20       # a nested container read whole up to this
-    max_ratio: int = 1000                  # declared expansion ratio that marks a bomb
+    max_ratio: int = 100                   # expansion ratio that marks a bomb, past 16 MiB
     sample_bytes: int = 1 << 20            # bytes kept of a runnable member for YARA
 
 
@@ -166,7 +167,7 @@ def _read_zip(w: _Walker, data: bytes) -> Iterator[ReadResult]:
             w.flag_bomb(f"{len(infos)} members")
         declared = sum(i.file_size for i in infos)
         packed = max(1, sum(i.compress_size for i in infos))
-        if declared > (16 << 20) and declared // packed > w.limits.max_ratio:
+        if declared > _BOMB_FLOOR and declared // packed > w.limits.max_ratio:
             w.flag_bomb(f"declared expansion {declared // packed}:1 ({declared >> 20} MiB)")
         spans = sorted((i.header_offset, i.header_offset + 30 + len(i.orig_filename.encode(
             "utf-8", "surrogateescape")) + i.compress_size) for i in infos)
@@ -226,7 +227,7 @@ def _read_7z(w: _Walker, data: bytes) -> Iterator[ReadResult]:
         infos = [i for i in archive.list() if not i.is_directory]
         declared = sum(i.uncompressed or 0 for i in infos)
         packed = max(1, len(data))
-        if declared > (16 << 20) and declared // packed > w.limits.max_ratio:
+        if declared > _BOMB_FLOOR and declared // packed > w.limits.max_ratio:
             w.flag_bomb(f"declared expansion {declared // packed}:1 ({declared >> 20} MiB)")
         if archive.needs_password() or w.facts.bomb or declared > w.limits.max_expanded_bytes:
             for i in infos:
@@ -274,26 +275,30 @@ def _read_tar(w: _Walker, data: bytes) -> Iterator[ReadResult]:
 
 
 def _inflate(w: _Walker, data: bytes, dec) -> bytes:
-    """Decompress one stream, never past the budget or max_member_bytes."""
+    """Decompress one stream in steps, never past the budget or max_member_bytes.
+
+    Stopping at the cap with input left over, at a ratio above max_ratio, is a bomb.
+    """
     want = w.take(w.limits.max_member_bytes)
     out = bytearray()
-    chunk: bytes = data
-    while len(out) < want:
-        got = dec.decompress(chunk, want - len(out))
-        out += got
-        if dec.eof:
-            break
-        if hasattr(dec, "unconsumed_tail"):      # zlib
-            chunk = dec.unconsumed_tail
-            if not chunk:
-                break
-        elif dec.needs_input:                    # bz2, lzma
-            break
+    pos, step = 0, 1 << 16
+    pending = b""
+    while len(out) < want and not dec.eof:
+        if pending:
+            chunk, pending = pending, b""
+        elif hasattr(dec, "needs_input") and not dec.needs_input:
+            chunk = b""                          # bz2/lzma still hold buffered input
+        elif pos < len(data):
+            chunk = data[pos:pos + step]
+            pos += len(chunk)
         else:
-            chunk = b""
+            break
+        out += dec.decompress(chunk, want - len(out))
+        pending = getattr(dec, "unconsumed_tail", b"")    # zlib keeps it outside
     w.spend(len(out))
-    if len(out) >= want and len(out) // max(1, len(data)) > w.limits.max_ratio:
-        w.flag_bomb(f"expands more than {w.limits.max_ratio}:1")
+    consumed = max(1, pos - len(pending))
+    if len(out) >= want and not dec.eof and len(out) // consumed > w.limits.max_ratio:
+        w.flag_bomb(f"expands more than {w.limits.max_ratio}:1 past {want >> 20} MiB")
     return bytes(out)
 
 

@@ -117,7 +117,7 @@ def pe_header_offset(data: bytes) -> int | None:
     if len(data) < 0x40 or data[:2] != b"MZ":
         return None
     (lfanew,) = struct.unpack_from("<I", data, 0x3C)
-    if lfanew < 0x40 - 4 or lfanew + 24 > len(data):
+    if lfanew < 0x40 - 4 or lfanew + 4 > len(data):
         return None
     return lfanew if data[lfanew:lfanew + 4] == b"PE\0\0" else None
 
