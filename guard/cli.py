@@ -121,6 +121,16 @@ def _scan_chunk(paths: list[str]) -> list[Verdict]:
     return [_worker_scanner.scan_file(p) for p in paths]
 
 
+def _preload_parsers() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import oletools.olevba  # noqa: F401
+        import py7zr  # noqa: F401
+        import pycdlib  # noqa: F401
+
+
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -146,6 +156,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if jobs > 1 and len(to_scan) >= _POOL_MIN_FILES and "fork" in \
             multiprocessing.get_all_start_methods():
         _worker_scanner = scanner
+        _preload_parsers()     # import once here, so forked workers share the modules
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
             scanned = (v for batch in pool.map(_scan_chunk, _chunks(to_scan, _CHUNK))

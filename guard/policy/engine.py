@@ -16,7 +16,7 @@ The rule of the verdict:
 from __future__ import annotations
 
 from ..identify.containers import Member
-from ..identify.names import NameFacts, analyze_name, printable
+from ..identify.names import NameFacts, analyze_name, is_text_claim, printable
 from ..identify.sample import Sample
 from ..verdict import INERT, Code, Family, FileType, Level, Reason
 
@@ -67,10 +67,20 @@ def describe_claim(ext: str, family: Family) -> str:
     return _EXT_WORDS.get(ext) or _FAMILY_WORDS[family]
 
 
+def _content_runs(ftype: FileType | None, name: NameFacts, allow_guess: bool = True) -> bool:
+    """True when the content is code that runs when opened under this name.
+
+    A script body under a name that claims text (notes.txt, snippet.md) opens in an
+    editor, not an interpreter: no disguise there.
+    """
+    if ftype is None or not ftype.family.runs or (ftype.guessed and not allow_guess):
+        return False
+    return not (ftype.family is Family.SCRIPT and is_text_claim(name.extension))
+
+
 def _runs(ftype: FileType | None, name: NameFacts, allow_guess: bool = True) -> bool:
     """True when opening the file starts code: by content, or by what the OS sees."""
-    content = ftype is not None and ftype.family.runs and (allow_guess or not ftype.guessed)
-    return content or name.claimed.runs
+    return _content_runs(ftype, name, allow_guess) or name.claimed.runs
 
 
 def _name_disguises(name: NameFacts, runs: bool, what: str, shown: str) -> list[Reason]:
@@ -105,7 +115,7 @@ def _file_reasons(s: Sample, shown: str) -> list[Reason]:
     what = describe_type(ftype, pe_kind)
     runs = _runs(ftype, name)
     reasons = _name_disguises(name, runs, what, shown)
-    content_runs = ftype is not None and ftype.family.runs
+    content_runs = _content_runs(ftype, name)
     if content_runs and name.claimed in INERT:
         reasons.append(Reason(
             Code.TYPE_MISMATCH, M,
@@ -164,7 +174,7 @@ def _member_reasons(s: Sample, shown: str) -> list[Reason]:
     for m in facts.members:
         mname = analyze_name(m.name)
         in_document = m.container in _DOCUMENT_CONTAINERS
-        content_runs = m.type is not None and m.type.family.runs and not m.type.guessed
+        content_runs = _content_runs(m.type, mname, allow_guess=False)
         runs = content_runs if in_document else _runs(m.type, mname, allow_guess=False)
         if not runs:
             continue
