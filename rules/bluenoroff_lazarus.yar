@@ -192,7 +192,8 @@ rule BlueNoroff_MotW_Bypass_Disk_Image_Script_Lure
         $e8 = ".xls" wide nocase
 
     condition:
-        (
+        filesize < 200MB
+        and (
             (filesize > 0x8006 and uint32be(0x8001) == 0x43443030 and uint8(0x8005) == 0x31)
             or $conectix at 0
             or (filesize > 512 and $conectix at filesize - 512)

@@ -16,7 +16,7 @@ rule Office_VBA_AutoExec_Shell_Command
 {
     meta:
         description = "An Office document or VBA project has a macro that runs automatically on open or close and can start programs or shell commands."
-        reference = "https://attack.mitre.org/techniques/T1137/001/"
+        reference = "https://attack.mitre.org/techniques/T1059/005/"
         severity = "suspicious"
         date = "2026-11-25"
         author = "guard project"
@@ -58,7 +58,7 @@ rule Office_VBA_AutoExec_Downloader
 {
     meta:
         description = "An Office document or VBA project has a macro that runs automatically on open or close and can download files from the network."
-        reference = "https://attack.mitre.org/techniques/T1137/001/"
+        reference = "https://attack.mitre.org/techniques/T1059/005/"
         severity = "suspicious"
         date = "2026-11-25"
         author = "guard project"

@@ -171,34 +171,45 @@ rule Shell_Base64_Decoded_Payload_Executed
 rule Certutil_URLCache_Download
 {
     meta:
-        description = "A script or shortcut uses certutil with -urlcache or -verifyctl to download a file from a URL."
+        description = "A command line or shortcut uses certutil with -urlcache or -verifyctl to download a file from a URL."
         reference = "https://attack.mitre.org/techniques/T1105/"
         severity = "malicious"
         date = "2026-11-25"
         author = "guard project"
 
     strings:
+        // One command line: certutil ... -urlcache ... URL
+        $cmd = /certutil(\.exe)?["']?\s[^\r\n]{0,100}[-\/](urlcache|verifyctl)[^\r\n]{0,300}(https?|ftp):\/\// ascii wide nocase
+        // A shortcut keeps the target (certutil.exe) and its arguments in separate fields.
         $c = "certutil" ascii wide nocase
-        $u1 = "urlcache" ascii wide nocase
-        $u2 = "verifyctl" ascii wide nocase
+        $u1 = "-urlcache" ascii wide nocase
+        $u2 = "/urlcache" ascii wide nocase
+        $u3 = "-verifyctl" ascii wide nocase
         $h1 = "http://" ascii wide nocase
         $h2 = "https://" ascii wide nocase
         $h3 = "ftp://" ascii wide nocase
 
     condition:
-        filesize < 10MB and $c and 1 of ($u*) and 1 of ($h*)
+        filesize < 10MB
+        and (
+            $cmd
+            or (uint32(0) == 0x0000004C and uint32(4) == 0x00021401 and uint32(8) == 0
+                and uint32(12) == 0x000000C0 and uint32(16) == 0x46000000
+                and $c and 1 of ($u*) and 1 of ($h*))
+        )
 }
 
 rule Bitsadmin_Transfer_Remote_Payload
 {
     meta:
-        description = "A script or shortcut uses bitsadmin to transfer a file from a URL."
+        description = "A command line or shortcut uses bitsadmin to transfer a file from a URL."
         reference = "https://attack.mitre.org/techniques/T1197/"
         severity = "suspicious"
         date = "2026-11-25"
         author = "guard project"
 
     strings:
+        $cmd = /bitsadmin(\.exe)?["']?\s[^\r\n]{0,60}\/(transfer|addfile)[^\r\n]{0,300}(https?|ftp):\/\// ascii wide nocase
         $b = "bitsadmin" ascii wide nocase
         $t1 = "/transfer" ascii wide nocase
         $t2 = "/addfile" ascii wide nocase
@@ -206,7 +217,13 @@ rule Bitsadmin_Transfer_Remote_Payload
         $h2 = "https://" ascii wide nocase
 
     condition:
-        filesize < 10MB and $b and 1 of ($t*) and 1 of ($h*)
+        filesize < 10MB
+        and (
+            $cmd
+            or (uint32(0) == 0x0000004C and uint32(4) == 0x00021401 and uint32(8) == 0
+                and uint32(12) == 0x000000C0 and uint32(16) == 0x46000000
+                and $b and 1 of ($t*) and 1 of ($h*))
+        )
 }
 
 rule Mshta_Remote_Or_Inline_Script
@@ -236,7 +253,13 @@ rule Batch_Curl_Download_Then_LOLBin_Execute
 
     strings:
         $echo = "@echo off" ascii wide nocase
-        $curl = /curl(\.exe)?\s[^\r\n]{0,200}(-o\s|-O\s|--output\s|--remote-name|-o")/ ascii wide nocase
+        $curl1 = "curl " ascii wide nocase
+        $curl2 = "curl.exe" ascii wide nocase
+        $o1 = " -o " ascii wide
+        $o2 = " -O " ascii wide
+        $o3 = " --output " ascii wide nocase
+        $o4 = "--remote-name" ascii wide nocase
+        $o5 = " -o\"" ascii wide
         $h1 = "http://" ascii wide nocase
         $h2 = "https://" ascii wide nocase
         $x1 = "rundll32" ascii wide nocase
@@ -251,7 +274,7 @@ rule Batch_Curl_Download_Then_LOLBin_Execute
     condition:
         filesize < 2MB
         and ($echo or extension == ".bat" or extension == ".cmd")
-        and $curl and 1 of ($h*) and 1 of ($x*)
+        and 1 of ($curl*) and 1 of ($o*) and 1 of ($h*) and 1 of ($x*)
 }
 
 rule HTA_Shell_Command_Execution

@@ -218,10 +218,14 @@ rule Desktop_Entry_Download_Execute
 
     strings:
         $hdr = "[Desktop Entry]" ascii
-        $x = /Exec=[^\r\n]{0,300}(curl|wget)\s[^\r\n]{1,400}(\|\s{0,4}(sudo\s{1,4})?(\/usr)?(\/bin\/)?(ba|z|da)?sh\b|\|\s{0,4}python|chmod\s{1,4}(\+x|[0-7]{3,4})|bash\s{1,4}-c|sh\s{1,4}-c)/ ascii nocase
+        $exec = "Exec=" ascii
+        // The spans exclude the separator they look for, so each match is tried once.
+        $p1 = /(curl|wget)\s[^\r\n|]{1,300}\|\s{0,4}(sudo\s{1,4})?(\/usr)?(\/bin\/)?(ba|z|da)?sh\b/ ascii
+        $p2 = /(curl|wget)\s[^\r\n|]{1,300}\|\s{0,4}(\/usr)?(\/bin\/)?(python[0-9.]{0,4}|perl)\b/ ascii
+        $p3 = /(curl|wget)\s[^\r\n;&]{1,300}(;|&&)\s{0,4}chmod\s{1,4}(\+x|[0-7]{3,4})\s/ ascii
 
     condition:
-        filesize < 1MB and $hdr and $x
+        filesize < 1MB and $hdr and $exec and 1 of ($p*)
 }
 
 rule Desktop_Entry_Remote_Share_Target

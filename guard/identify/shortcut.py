@@ -7,6 +7,7 @@ import contextlib
 import io
 import os
 import re
+import warnings
 from dataclasses import dataclass
 
 # Programs attackers start from shortcuts (LOLBins, interpreters and downloaders).
@@ -63,9 +64,14 @@ def inspect_shortcut(data: bytes, kind: str) -> ShortcutFacts:
 def _inspect_lnk(data: bytes) -> ShortcutFacts:
     import LnkParse3
 
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+    # LnkParse3 prints and warns about damaged parts instead of raising: keep both quiet
+    # and report the first warning as the shortcut's parse error.
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         lnk = LnkParse3.lnk_file(indata=data)
         info = lnk.get_json()
+    damage = str(caught[0].message)[:200] if caught else ""
     d = info.get("data", {}) or {}
     li = info.get("link_info", {}) or {}
     extra = info.get("extra", {}) or {}
@@ -80,7 +86,8 @@ def _inspect_lnk(data: bytes) -> ShortcutFacts:
     icon = d.get("icon_location", "") or ""
     return ShortcutFacts(target=str(target), arguments=str(args),
                          working_dir=str(d.get("working_directory", "") or ""), icon=str(icon),
-                         runners=_runners(str(target), str(args)), remote=_is_remote(str(target)))
+                         runners=_runners(str(target), str(args)), remote=_is_remote(str(target)),
+                         error=damage)
 
 
 def _inspect_text(text: str, kind: str) -> ShortcutFacts:
