@@ -159,6 +159,8 @@ class Scanner:
             s.macros = inspect_macros(data, kind, s.name.name)
         if whole and kind == "pdf":
             s.pdf = inspect_pdf(data)
+            if not s.pdf.complete:
+                s.malformed.append("pdf: no startxref/%%EOF at the end (truncated?)")
         if whole and (kind in READERS or kind in UNINSPECTED):
             s.container = walk_container(data, kind, self.options.limits, _is_runnable)
         elif kind in UNINSPECTED:

@@ -83,7 +83,7 @@ def pdf_with(extra_catalog: str = "", objects: str = "") -> bytes:
         "2 0 obj << /Type /Pages /Kids [3 0 R] /Count 1 >> endobj\n"
         "3 0 obj << /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >> endobj\n"
         f"{objects}"
-        "trailer << /Root 1 0 R >>\n%%EOF\n")
+        "trailer << /Root 1 0 R >>\nstartxref\n0\n%%EOF\n")
     return body.encode("latin-1")
 
 

@@ -49,8 +49,17 @@ _SCRIPT_MARKERS = re.compile(
 _MARKER_WINDOW = 64 * 1024
 
 
+# Every marker contains one of these; plain substring tests rule most text out cheaply.
+_MARKER_KEYS = (b"hta:application", b"createobject", b"wscript.", b"activexobject",
+                b"invoke-", b"iex", b"new-object", b"start-process", b"frombase64string",
+                b"-encodedcommand", b"do shell script", b"@echo")
+
+
 def _script_marker(head: bytes) -> str:
-    m = _SCRIPT_MARKERS.search(head[:_MARKER_WINDOW].lower())
+    low = head[:_MARKER_WINDOW].lower()
+    if not any(key in low for key in _MARKER_KEYS):
+        return ""
+    m = _SCRIPT_MARKERS.search(low)
     return m.lastgroup or "" if m else ""
 
 

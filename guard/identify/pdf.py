@@ -16,12 +16,14 @@ ACTIVE_KEYS = {b"/JavaScript": "JavaScript", b"/JS": "JavaScript", b"/Launch": "
                b"/XFA": "an XFA form", b"/OpenAction": "an open action", b"/AA": "automatic actions"}
 # Keys that make a PDF *active* on their own. OpenAction/AA only trigger something else;
 # attachments are judged by what they hold (e-invoices carry XML attachments).
+_EOF_WINDOW = 2048   # writers and mail gateways may leave a little junk after %%EOF
 RUNS_CODE = ("JavaScript", "a Launch action", "rich media (Flash)")
 
 
 @dataclass(frozen=True)
 class PdfFacts:
     keywords: dict[str, int]
+    complete: bool = True     # has startxref and %%EOF near the end (not truncated)
 
     @property
     def active(self) -> tuple[str, ...]:
@@ -44,4 +46,5 @@ def inspect_pdf(data: bytes) -> PdfFacts:
         key = _unescape(m.group())
         if key in ACTIVE_KEYS:
             counts[key.decode()] = counts.get(key.decode(), 0) + 1
-    return PdfFacts(counts)
+    complete = b"%%EOF" in data[-_EOF_WINDOW:] and b"startxref" in data[-_EOF_WINDOW - 64:]
+    return PdfFacts(counts, complete)
