@@ -32,7 +32,7 @@ from .identify.pe import inspect_pe
 from .identify.sample import MemberHit, Sample
 from .identify.shortcut import inspect_shortcut
 from .policy.engine import judge
-from .verdict import Family, FileType, Level, Verdict
+from .verdict import UNKNOWN_TYPE, Family, FileType, Verdict
 
 HEAD_BYTES = 1 << 20       # what a too-large file is identified from
 _READ_CHUNK = 1 << 20
@@ -103,44 +103,37 @@ class Scanner:
                 s.skipped = _special_kind(st.st_mode)
                 return
             s.size = st.st_size
-            data, tail, digest = self._read(fd, st.st_size)
+            s.too_large = st.st_size > self.options.max_size_bytes
+            data, tail, digest, nread = self._read(fd, s.too_large)
             after = os.fstat(fd)
         finally:
             os.close(fd)
-        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns) or \
-                len(data) != min(st.st_size, len(data) if s.size > self.options.max_size_bytes
-                                 else st.st_size):
+        if nread != st.st_size or (after.st_size, after.st_mtime_ns) != (
+                st.st_size, st.st_mtime_ns):
+            # No verdict for content that changed under the read: it may not be what runs.
             s.error = "the file changed while it was being scanned"
             return
         s.sha256 = digest
-        s.too_large = st.st_size > self.options.max_size_bytes
         self._inspect(s, data, tail, st)
 
-    def _read(self, fd: int, size: int) -> tuple[bytes, bytes, str]:
-        """(content or head, tail, sha256). Whole content when within max_size_bytes."""
-        if size <= self.options.max_size_bytes:
-            chunks = []
-            while True:
-                chunk = os.read(fd, max(_READ_CHUNK, size + 1 - sum(map(len, chunks))))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                if sum(map(len, chunks)) > self.options.max_size_bytes:
-                    break
-            data = b"".join(chunks)
-            return data, data[-512:], hashlib.sha256(data).hexdigest()
+    def _read(self, fd: int, too_large: bool) -> tuple[bytes, bytes, str, int]:
+        """(content, tail, sha256, bytes read). Content is the whole file, or its head
+        (HEAD_BYTES) when it is too large; the hash always covers every byte."""
         h = hashlib.sha256()
-        head = b""
+        buf = bytearray()
+        keep = HEAD_BYTES if too_large else self.options.max_size_bytes + 1
         tail = b""
+        nread = 0
         while True:
             chunk = os.read(fd, _READ_CHUNK)
             if not chunk:
                 break
+            nread += len(chunk)
             h.update(chunk)
-            if len(head) < HEAD_BYTES:
-                head += chunk[: HEAD_BYTES - len(head)]
+            if len(buf) < keep:
+                buf += chunk[: keep - len(buf)]
             tail = (tail + chunk)[-512:]
-        return head, tail, h.hexdigest()
+        return bytes(buf), tail, h.hexdigest(), nread
 
     def _inspect(self, s: Sample, data: bytes, tail: bytes, st: os.stat_result) -> None:
         s.type = ftype = identify(data[: 256 * 1024], s.name.extension, tail)
@@ -213,7 +206,7 @@ class Scanner:
         rules = [h.rule for h in s.rule_hits] + [h.hit.rule for h in s.member_hits]
         return Verdict(
             path=s.path, level=level, reasons=reasons, sha256=s.sha256, size=s.size,
-            type=s.type or Verdict.__dataclass_fields__["type"].default,
+            type=s.type or UNKNOWN_TYPE,
             claimed_family=s.name.claimed, rules=tuple(dict.fromkeys(rules)),
             error=s.error, details=details, skipped=bool(s.skipped),
         )
