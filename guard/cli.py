@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Iterator, Sequence
 
 from . import __version__
-from .errors import GuardError
+from .errors import ConfigError, GuardError, LockedError
 from .identify.containers import Limits
 from .identify.names import printable
 from .scanner import ScanOptions, Scanner, load_rules
@@ -25,6 +25,9 @@ from .verdict import Level, Verdict
 EXIT_CLEAN = 0
 EXIT_FLAGGED = 1
 EXIT_ERROR = 2
+EXIT_CONFIG = 10
+EXIT_LOCKED = 12
+EXIT_NOT_RUNNING = 3
 EXIT_INTERRUPTED = 130
 
 _POOL_MIN_FILES = 24      # below this, starting worker processes costs more than it saves
@@ -63,6 +66,48 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--jobs", "-j", type=int, default=0, metavar="N",
                       help="worker processes (default: one per CPU)")
 
+    cfg = argparse.ArgumentParser(add_help=False)
+    cfg.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                     help="configuration file (default: $GUARD_CONFIG, the OS default path, "
+                     "or the embedded default)")
+    for sp in (scan,):
+        sp.add_argument("--config", metavar="FILE", help=argparse.SUPPRESS)
+
+    sub.add_parser("run", parents=[cfg], help="run the agent: watch folders, quarantine, log")
+    st = sub.add_parser("status", parents=[cfg], help="show the running agent's state")
+    st.add_argument("--json", action="store_true")
+    fo = sub.add_parser("folders", parents=[cfg],
+                        help="list the known download and chat folders and which are watched")
+    fo.add_argument("--json", action="store_true")
+    cc = sub.add_parser("config", parents=[cfg], help="configuration tools")
+    ccs = cc.add_subparsers(dest="config_command", metavar="ACTION")
+    ccs.add_parser("check", parents=[cfg], help="validate the configuration and print it")
+
+    q = sub.add_parser("quarantine", parents=[cfg], help="review, release or purge quarantined files")
+    qs = q.add_subparsers(dest="q_command", metavar="ACTION")
+    ql = qs.add_parser("list", parents=[cfg], help="list quarantined items")
+    ql.add_argument("--json", action="store_true")
+    qsh = qs.add_parser("show", parents=[cfg], help="show one item's record")
+    qsh.add_argument("id")
+    qr = qs.add_parser("restore", parents=[cfg], help="put an item back (never overwrites)")
+    qr.add_argument("id")
+    qr.add_argument("--to", metavar="PATH", help="restore into this folder or file path")
+    qp = qs.add_parser("purge", parents=[cfg], help="delete items for good")
+    qp_target = qp.add_mutually_exclusive_group(required=True)
+    qp_target.add_argument("id", nargs="?")
+    qp_target.add_argument("--older-than", type=_positive_float, metavar="DAYS")
+
+    lg = sub.add_parser("log", parents=[cfg], help="the audit log")
+    lgs = lg.add_subparsers(dest="log_command", metavar="ACTION")
+    lv = lgs.add_parser("verify", parents=[cfg], help="check the hash chain of the audit log")
+    lv.add_argument("--file", metavar="PATH", help="log file (default: from the configuration)")
+    lv.add_argument("--json", action="store_true")
+    lt = lgs.add_parser("tail", parents=[cfg], help="print records for people")
+    lt.add_argument("-f", "--follow", action="store_true")
+    lt.add_argument("-n", type=int, default=20, metavar="N", help="last N records (default 20)")
+    lt.add_argument("--json", action="store_true")
+    lt.add_argument("--file", metavar="PATH", help="log file (default: from the configuration)")
+
     rules = sub.add_parser("rules", help="YARA rule tools")
     rsub = rules.add_subparsers(dest="rules_command", metavar="ACTION")
     check = rsub.add_parser("check", help="compile rule folders and list every broken file")
@@ -84,11 +129,26 @@ def _positive_float(text: str) -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    handlers = {
+        ("scan", None): cmd_scan, ("run", None): cmd_run, ("status", None): cmd_status,
+        ("folders", None): cmd_folders, ("config", "check"): cmd_config_check,
+        ("rules", "check"): cmd_rules_check,
+        ("quarantine", "list"): cmd_q_list, ("quarantine", "show"): cmd_q_show,
+        ("quarantine", "restore"): cmd_q_restore, ("quarantine", "purge"): cmd_q_purge,
+        ("log", "verify"): cmd_log_verify, ("log", "tail"): cmd_log_tail,
+    }
+    sub_action = (getattr(args, "rules_command", None) or getattr(args, "q_command", None)
+                  or getattr(args, "log_command", None) or getattr(args, "config_command", None))
+    handler = handlers.get((args.command, sub_action))
     try:
-        if args.command == "scan":
-            return cmd_scan(args)
-        if args.command == "rules" and args.rules_command == "check":
-            return cmd_rules_check(args)
+        if handler is not None:
+            return handler(args)
+    except LockedError as exc:
+        _print_error(str(exc), "see `guard status`; stop the other instance first")
+        return EXIT_LOCKED
+    except ConfigError as exc:
+        _print_error(str(exc), "run `guard config check --config FILE` after fixing it")
+        return EXIT_CONFIG
     except GuardError as exc:
         _print_error(str(exc))
         return EXIT_ERROR
@@ -217,3 +277,213 @@ class _Output:
         # Keep stdout pure JSON lines for SIEM pipelines; the summary goes to stderr there.
         print(line, file=sys.stderr if self.as_json else sys.stdout)
         sys.stdout.flush()
+
+
+# --- the agent and its tools -----------------------------------------------------------------
+
+def _config(args: argparse.Namespace):
+    from .config import load_config
+    return load_config(getattr(args, "config", None))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import Daemon
+    config = _config(args)
+    if not config.watch:
+        _print_error("no folder to watch: none of the known download or chat folders exists",
+                     "add a [[watch]] path to the configuration (see `guard folders`)")
+        return EXIT_CONFIG
+    daemon = Daemon(config, getattr(args, "config", None) or os.environ.get("GUARD_CONFIG"))
+    print(f"guard {__version__}: {config.mode} mode, watching "
+          f"{', '.join(str(w.path) for w in config.watch)}; log {config.log_file}",
+          file=sys.stderr)
+    return daemon.run_forever()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .daemon import read_status
+    config = _config(args)
+    status = read_status(config)
+    if status is None:
+        if args.json:
+            print(json.dumps({"state": "not running", "config": config.source}))
+        else:
+            print(f"guard is not running (config: {config.source})")
+        return EXIT_NOT_RUNNING
+    if args.json:
+        print(json.dumps(status))
+        return EXIT_CLEAN
+    c = status["counters"]
+    print(f"guard {status['version']} {status['state']}, pid {status['pid']}, "
+          f"{status['mode']} mode{', meeting: strict policy on' if status['meeting'] else ''}")
+    for w in status["watched"]:
+        print(f"  watching {w['path']} ({w['source']})")
+    for w in status.get("not_watched", []):
+        print(f"  NOT watching: {w}")
+    print(f"  queue {status['queue_depth']}; scanned {c['scanned']}: {c['malicious']} "
+          f"malicious, {c['suspicious']} suspicious; quarantined {c['quarantined']}; "
+          f"errors {c['errors']}")
+    if status.get("last_error"):
+        print(f"  last error: {status['last_error']}")
+    return EXIT_CLEAN
+
+
+def cmd_folders(args: argparse.Namespace) -> int:
+    from .folders import known_folders
+    config = _config(args)
+    watched = {str(w.path) for w in config.watch}
+    rows = []
+    for kf in known_folders():
+        sources = getattr(kf, "sources", None) or (getattr(kf, "source", ""),)
+        path = str(kf.path)
+        rows.append({"path": path, "sources": list(sources), "exists": os.path.isdir(path),
+                     "watched": path in watched, "note": getattr(kf, "note", "")})
+    for w in config.watch:
+        if str(w.path) not in {r["path"] for r in rows}:
+            rows.append({"path": str(w.path), "sources": [w.source],
+                         "exists": os.path.isdir(w.path), "watched": True, "note": "configured"})
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return EXIT_CLEAN
+    for r in rows:
+        print(f"{'watched' if r['watched'] else '-':8} {'exists' if r['exists'] else 'absent':7} "
+              f"{','.join(r['sources']):18} {printable(r['path'])}"
+              f"{'  (' + r['note'] + ')' if r['note'] else ''}")
+    return EXIT_CLEAN
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    import dataclasses
+    config = _config(args)
+    out = {k: (str(v) if isinstance(v, os.PathLike) else v)
+           for k, v in dataclasses.asdict(config).items()}
+    print(json.dumps(out, indent=1, default=str))
+    return EXIT_CLEAN
+
+
+def _vault(args: argparse.Namespace):
+    from .actions.quarantine import Vault
+    config = _config(args)
+    return config, Vault(config.quarantine_dir)
+
+
+def _audit(config, record: dict) -> None:
+    """Log an admin action. The log has one writer: when the agent runs, it is the agent,
+    so the record goes through its spool folder; otherwise it is written here."""
+    from .audit import AuditError
+    from .audit.writer import AuditLog
+    from .daemon import spool_record
+    try:
+        log = AuditLog(config.log_file, max_bytes=int(config.log_max_mb * 1024 * 1024),
+                       keep=config.log_keep)
+    except AuditError as exc:
+        if "in use" not in str(exc):
+            raise
+        spool_record(config, record)
+        return
+    try:
+        log.write(record)
+    finally:
+        log.close()
+
+
+def cmd_q_list(args: argparse.Namespace) -> int:
+    _, vault = _vault(args)
+    items = vault.list()
+    for item in items:
+        m = item.meta
+        if args.json:
+            print(json.dumps({"id": item.id, **m}))
+        else:
+            print(f"{item.id}  {m.get('quarantined_at', '?')}  {m.get('verdict', '?'):10} "
+                  f"{printable(m.get('original_path', '?'))}")
+    if not args.json:
+        print(f"{len(items)} item(s) in {vault.folder}")
+    return EXIT_CLEAN
+
+
+def cmd_q_show(args: argparse.Namespace) -> int:
+    _, vault = _vault(args)
+    item = vault.get(args.id)
+    print(json.dumps({"id": item.id, **item.meta}, indent=1))
+    return EXIT_CLEAN
+
+
+def cmd_q_restore(args: argparse.Namespace) -> int:
+    from .audit.record import admin_record
+    from .errors import QuarantineError
+    from pathlib import Path
+    config, vault = _vault(args)
+    try:
+        item = vault.get(args.id)
+        target = vault.restore(args.id, Path(args.to) if args.to else None)
+    except QuarantineError as exc:
+        _audit(config, admin_record("restore", outcome="failure", message=str(exc),
+                                    quarantine_id=args.id))
+        raise
+    try:
+        from .sources.provenance import Provenance, write_provenance_linux
+        prov = item.meta.get("provenance") or {}
+        if prov:
+            fields = {k: v for k, v in prov.items() if k in Provenance.__dataclass_fields__}
+            if "where_froms" in fields:
+                fields["where_froms"] = tuple(fields["where_froms"])
+            write_provenance_linux(target, Provenance(**fields))
+    except Exception:
+        pass          # provenance is best effort; the file itself is back
+    _audit(config, admin_record("restore", message=f"restored to {target}", path=str(target),
+                                quarantine_id=args.id, sha256=item.meta.get("sha256")))
+    print(f"restored {args.id} to {printable(str(target))}")
+    return EXIT_CLEAN
+
+
+def cmd_q_purge(args: argparse.Namespace) -> int:
+    from .audit.record import admin_record
+    config, vault = _vault(args)
+    items = vault.older_than(args.older_than) if args.older_than else [vault.get(args.id)]
+    for item in items:
+        vault.purge(item.id)
+        _audit(config, admin_record("purge", message="deleted from quarantine",
+                                    path=item.meta.get("original_path", ""),
+                                    quarantine_id=item.id, sha256=item.meta.get("sha256")))
+        print(f"purged {item.id} ({printable(item.meta.get('original_path', '?'))})")
+    if not items:
+        print("nothing to purge")
+    return EXIT_CLEAN
+
+
+def _log_path(args: argparse.Namespace):
+    from pathlib import Path
+    return Path(args.file) if getattr(args, "file", None) else _config(args).log_file
+
+
+def cmd_log_verify(args: argparse.Namespace) -> int:
+    from .audit.verify import verify_log
+    result = verify_log(_log_path(args))
+    if args.json:
+        print(json.dumps({"ok": result.ok, "records": result.records, "files": result.files,
+                          "first_bad_seq": result.first_bad_seq,
+                          "problems": [p.__dict__ for p in result.problems]}))
+    else:
+        for p in result.problems:
+            print(f"{p.file}:{p.line}: {p.message}")
+        print(f"{'OK' if result.ok else 'TAMPERED'}: {result.records} records in "
+              f"{len(result.files)} file(s)"
+              + (f", first bad record {result.first_bad_seq}" if not result.ok else ""))
+    return EXIT_CLEAN if result.ok else EXIT_FLAGGED
+
+
+def cmd_log_tail(args: argparse.Namespace) -> int:
+    import collections
+    from .audit.verify import format_record, iter_records
+    path = _log_path(args)
+    emit = (lambda r: print(json.dumps(r), flush=True)) if args.json else \
+        (lambda r: print(format_record(r), flush=True))
+    if not args.follow:
+        for rec in collections.deque(iter_records(path), maxlen=max(0, args.n)):
+            emit(rec)
+        return EXIT_CLEAN
+    for rec in iter_records(path, follow=True):
+        emit(rec)
+    return EXIT_CLEAN

@@ -29,3 +29,19 @@ class ScanError(GuardError):
 
 class ConfigError(GuardError):
     """A configuration file that is malformed or names impossible values."""
+
+
+class QuarantineError(GuardError):
+    """A quarantine, restore or purge that was refused or failed; nothing was lost."""
+
+
+class FileChanged(QuarantineError):
+    """The file on disk is no longer the one that was scanned: rescan, don't move."""
+
+
+class SourceUnavailable(GuardError):
+    """An event source (fanotify, a watched folder) cannot be used here."""
+
+
+class LockedError(GuardError):
+    """Another guard instance already runs with this configuration."""

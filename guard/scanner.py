@@ -114,6 +114,7 @@ class Scanner:
             s.error = "the file changed while it was being scanned"
             return
         s.sha256 = digest
+        s.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_uid)
         self._inspect(s, data, tail, st)
 
     def _read(self, fd: int, too_large: bool) -> tuple[bytes, bytes, str, int]:
@@ -192,6 +193,10 @@ class Scanner:
     def _verdict(self, s: Sample, elapsed_s: float) -> Verdict:
         level, reasons = judge(s)
         details: dict[str, object] = {"scan_ms": round(elapsed_s * 1000, 2)}
+        if s.identity:
+            dev, ino, size, mtime_ns, uid = s.identity
+            details["stat"] = {"dev": dev, "ino": ino, "size": size, "mtime_ns": mtime_ns,
+                               "uid": uid}
         if s.pe is not None:
             details["pe"] = s.pe.to_dict()
         if s.shortcut is not None:

@@ -169,3 +169,28 @@ class Verdict:
         if raw is not None:
             out["path_b64"] = raw
         return out
+
+
+class Action(enum.Enum):
+    ALLOW = "allow"
+    QUARANTINE = "quarantine"
+    DENY_EXEC = "deny-exec"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the project does about a Verdict, given mode and context.
+
+    In monitor mode ``action`` is ALLOW and ``intended`` keeps the real judgement.
+    """
+
+    action: Action
+    intended: Action
+    verdict: Verdict
+    because: str             # "malicious, enforce mode", "meeting: strict policy"
+    mode: str = "enforce"
+    meeting: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action.value, "intended": self.intended.value,
+                "because": self.because, "mode": self.mode, "meeting": self.meeting}

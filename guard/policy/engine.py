@@ -18,7 +18,7 @@ from __future__ import annotations
 from ..identify.containers import Member
 from ..identify.names import NameFacts, analyze_name, is_text_claim, printable
 from ..identify.sample import Sample
-from ..verdict import INERT, Code, Family, FileType, Level, Reason
+from ..verdict import INERT, Action, Code, Decision, Family, FileType, Level, Reason, Verdict
 
 M, S, C = Level.MALICIOUS, Level.SUSPICIOUS, Level.CLEAN
 
@@ -268,3 +268,28 @@ def _dedupe(reasons: list[Reason]) -> list[Reason]:
             seen.add(key)
             out.append(r)
     return out
+
+
+# Under the meeting policy, anything in these codes is held back too: programs, scripts,
+# shortcuts, disk images, and archives holding one.
+_STRICT_CODES = frozenset({Code.EXECUTABLE, Code.EXEC_IN_CONTAINER, Code.LNK_COMMAND,
+                           Code.EMBEDDED_EXECUTABLE})
+
+
+def decide(verdict: Verdict, mode: str, meeting: bool = False,
+           quarantine_suspicious: bool = False) -> Decision:
+    """What to do with a scanned file. Pure; the mode is applied last."""
+    if verdict.skipped or (verdict.error and verdict.level is not Level.MALICIOUS):
+        intended, because = Action.ALLOW, "not scanned: " + (verdict.error or "skipped")
+    elif verdict.level is Level.MALICIOUS:
+        intended, because = Action.QUARANTINE, "malicious"
+    elif meeting and (set(verdict.codes) & {c.value for c in _STRICT_CODES}
+                      or verdict.type.family is Family.DISK_IMAGE):
+        intended, because = Action.QUARANTINE, "meeting: strict policy for files that run"
+    elif quarantine_suspicious and verdict.level is Level.SUSPICIOUS:
+        intended, because = Action.QUARANTINE, "suspicious, quarantine_suspicious is on"
+    else:
+        intended, because = Action.ALLOW, verdict.level.value
+    action = intended if mode == "enforce" else Action.ALLOW
+    return Decision(action=action, intended=intended, verdict=verdict,
+                    because=f"{because}, {mode} mode", mode=mode, meeting=meeting)

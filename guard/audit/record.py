@@ -1,0 +1,136 @@
+"""Verdicts and actions -> audit records with Elastic Common Schema field names.
+
+Records are nested dicts (``{"event": {"action": ...}}``), which is how ECS documents
+are shipped; Filebeat/Elastic Agent and most SIEMs read them without mapping. guard's own
+fields live under ``guard.*``. The writer adds ``@timestamp``, host, and the hash chain.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import os
+import pwd
+from pathlib import PurePath
+from typing import Any
+
+from ..verdict import Action, Decision, Verdict
+
+SCHEMA_VERSION = 1
+
+
+def actor() -> str:
+    """Who is doing this: the sudo caller when run through sudo, else the user."""
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def _user_of(uid: int | None) -> str:
+    if uid is None:
+        return ""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def file_fields(path: str, size: int | None = None, sha256: str = "",
+                uid: int | None = None) -> dict[str, Any]:
+    """ECS file.* for a path; exact bytes in file.path_b64 when it is not valid UTF-8."""
+    p = PurePath(path)
+    out: dict[str, Any] = {"path": _text(path), "name": _text(p.name),
+                           "directory": _text(str(p.parent))}
+    if p.suffix:
+        out["extension"] = _text(p.suffix[1:].lower())
+    if size is not None:
+        out["size"] = size
+    if sha256:
+        out["hash"] = {"sha256": sha256}
+    if uid is not None:
+        out["owner"] = _user_of(uid)
+        out["uid"] = str(uid)
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        out["path_b64"] = base64.b64encode(path.encode("utf-8", "surrogateescape")).decode()
+    return out
+
+
+def _text(s: str) -> str:
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def scan_record(decision: Decision, source: str = "", provenance: dict[str, Any] | None = None,
+                quarantine_id: str = "", outcome: str = "success", error: str = "",
+                trigger: str = "") -> dict[str, Any]:
+    """The record for one file the daemon judged (and maybe quarantined)."""
+    v: Verdict = decision.verdict
+    stat = v.details.get("stat", {}) if isinstance(v.details, dict) else {}
+    if decision.action is Action.QUARANTINE:
+        action = "quarantine"
+    elif decision.intended is Action.QUARANTINE:
+        action = "would-quarantine"             # monitor mode: logged, nothing moved
+    else:
+        action = "file-scanned"
+    if error:
+        outcome = "failure"
+    rec: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "event": {
+            "kind": "alert" if v.flagged else "event",
+            "category": ["file", "malware"] if v.flagged else ["file"],
+            "type": ["deletion"] if action == "quarantine" and outcome == "success" else ["info"],
+            "action": action, "outcome": outcome, "module": "guard",
+            "reason": v.summary or v.level.value,
+        },
+        "file": {**file_fields(v.path, v.size, v.sha256, stat.get("uid")),
+                 "mime_type": v.type.mime},
+        "rule": {"name": list(v.rules)} if v.rules else {},
+        "user": {"name": _user_of(stat.get("uid"))} if stat.get("uid") is not None else {},
+        "guard": {
+            "verdict": v.level.value,
+            "codes": list(v.codes),
+            "reasons": [r.to_dict() for r in v.reasons],
+            "type": v.type.to_dict(),
+            "claimed_family": v.claimed_family.value,
+            "decision": decision.to_dict(),
+            "mode": decision.mode,
+            "meeting": decision.meeting,
+            "source": source,
+            "trigger": trigger,
+        },
+    }
+    if provenance:
+        rec["guard"]["provenance"] = provenance
+        if provenance.get("origin_url") or provenance.get("host_url"):
+            rec["url"] = {"original": provenance.get("origin_url") or provenance["host_url"]}
+    if quarantine_id:
+        rec["guard"]["quarantine_id"] = quarantine_id
+    if error or v.error:
+        rec["error"] = {"message": error or v.error}
+    return {k: val for k, val in rec.items() if val != {}}
+
+
+def admin_record(action: str, outcome: str = "success", message: str = "",
+                 path: str = "", quarantine_id: str = "", **guard_fields: Any
+                 ) -> dict[str, Any]:
+    """A record of something a person or the daemon itself did (restore, purge, reload)."""
+    rec: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "event": {"kind": "event", "category": ["configuration"] if "config" in action
+                  else ["file"], "type": ["change"], "action": action, "outcome": outcome,
+                  "module": "guard"},
+        "user": {"name": actor()},
+        "guard": {k: v for k, v in guard_fields.items() if v not in (None, "")},
+    }
+    if message:
+        rec["message"] = message
+        rec["event"]["reason"] = message
+    if path:
+        rec["file"] = file_fields(path)
+    if quarantine_id:
+        rec["guard"]["quarantine_id"] = quarantine_id
+    return rec

@@ -1,0 +1,419 @@
+"""Reading the audit log: verify its hash chain, follow it, render records for people.
+
+What ``verify_log`` detects: an edited record (hash or canonical form no longer matches),
+a deleted record (seq gap), an inserted or duplicated record (seq repeats or goes back),
+a reordered pair, an edited-and-rehashed record (the next record's ``guard.prev`` no
+longer links), unparseable lines, and a torn last line.
+
+Limits (see ``writer`` for the chain itself):
+- Without a key, a rewrite from some record to the end with every later hash recomputed
+  is consistent and NOT detected; with the key (``AuditLog(key=...)``,
+  ``verify_log(key=...)``) it is, since nobody without the key can make valid HMACs.
+- Records that are HMAC-signed cannot have their hash checked without the key; they are
+  counted in ``VerifyResult.hashes_unchecked`` and only their linkage is checked.
+- With a key, every record must be HMAC-signed: start a fresh log when adding a key.
+- Deleting whole records off the end, or the oldest records (rotation does the same),
+  is not detectable from the files alone; the SIEM's copy is the anchor.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import re
+import threading
+import time
+import unicodedata
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import AuditError
+from .writer import (ALG_HMAC, ALG_PLAIN, ZERO_HASH, canonical_json, chain_digest,
+                     line_digest, record_seq, reverse_lines, rotated_numbers, rotated_path)
+
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
+_SEQ_HINT = re.compile(rb'"seq":(\d{1,18})[,}]')
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One break in the chain. ``seq`` is the first record it casts doubt on."""
+
+    file: str               # file name, e.g. "audit.jsonl.1"
+    line: int               # 1-based line in that file
+    seq: int | None         # None when no position could be worked out
+    message: str            # the cause: "hash does not match its content (edited)"
+
+    def __str__(self) -> str:
+        record = f"record {self.seq}: " if self.seq is not None else ""
+        return f"{self.file}:{self.line}: {record}{self.message}"
+
+
+@dataclass
+class VerifyResult:
+    """Outcome of ``verify_log``. ``first_bad_seq``: every record before it is intact."""
+
+    ok: bool
+    records: int
+    files: list[str]
+    first_bad_seq: int | None
+    problems: list[Problem] = field(default_factory=list)
+    hashes_unchecked: int = 0   # HMAC records seen without a key: linkage checked only
+
+
+def log_files(path: Path) -> list[Path]:
+    """The log's files oldest first: ``path.N`` ... ``path.1``, ``path`` (existing only)."""
+    path = Path(path)
+    files = [rotated_path(path, n) for n in reversed(rotated_numbers(path))]
+    return files + [path] if path.exists() else files
+
+
+def verify_log(path: Path, key: bytes | None = None) -> VerifyResult:
+    """Check the chain across all of the log's files.
+
+    Reads every file once, line by line. Raises AuditError when no file of the log exists
+    or one cannot be read.
+    """
+    path = Path(path)
+    files = log_files(path)
+    if not files:
+        raise AuditError("no audit log here", path=str(path))
+    check = _ChainCheck(key)
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                for lineno, raw in enumerate(fh, 1):
+                    complete = raw.endswith(b"\n")
+                    check.feed(f.name, lineno, raw[:-1] if complete else raw, complete)
+        except OSError as e:
+            raise AuditError(f"cannot read audit log: {e.strerror or e}", path=str(f)) from e
+    return check.result([str(f) for f in files])
+
+
+class _ChainCheck:
+    """Feeds lines in log order; keeps the last trusted record to judge the next one."""
+
+    def __init__(self, key: bytes | None) -> None:
+        self.key = key
+        self.problems: list[Problem] = []
+        self.records = 0
+        self.unchecked = 0
+        self.last_good: int | None = None     # seq of the last trusted record
+        self.bad_run = 0                      # untrusted lines since then
+        self.prev_digest: str | None = None   # sha256 of the line before
+        self.prev_where: tuple[str, int] = ("", 0)
+        self.leading: list[tuple[int, int | None]] = []  # (problem index, seq hint)
+
+    def feed(self, file: str, lineno: int, raw: bytes, complete: bool) -> None:
+        rec, why = self._content(raw, complete)
+        if rec is not None:
+            self.records += 1
+        if why is None and rec is not None:
+            self._link(file, lineno, rec)
+        else:
+            self._bad(file, lineno, raw, why or "")
+        self.prev_digest = line_digest(raw)
+        self.prev_where = (file, lineno)
+
+    def result(self, files: list[str]) -> VerifyResult:
+        seqs = [p.seq for p in self.problems if p.seq is not None]
+        return VerifyResult(ok=not self.problems, records=self.records, files=files,
+                            first_bad_seq=min(seqs) if seqs else None,
+                            problems=self.problems, hashes_unchecked=self.unchecked)
+
+    # -- one line on its own --
+
+    def _content(self, raw: bytes, complete: bool) -> tuple[dict[str, Any] | None, str | None]:
+        """(record or None, why it is bad or None)."""
+        if not complete:
+            return None, "torn line: no newline at its end (crash mid-write, or truncated)"
+        try:
+            rec = json.loads(raw)
+        except (ValueError, RecursionError):
+            return None, "unparseable line: not JSON (edited or corrupted)"
+        chain = rec.get("guard") if isinstance(rec, dict) else None
+        if not _chain_fields_ok(chain):
+            return None, "no valid chain fields guard.seq/prev/alg/hash (edited or foreign)"
+        assert isinstance(chain, dict)
+        try:
+            body = canonical_json({**rec, "guard": {k: v for k, v in chain.items()
+                                                    if k != "hash"}})
+            canonical = canonical_json(rec).encode("ascii") == raw
+        except (ValueError, TypeError, RecursionError):
+            return rec, "holds values the writer never writes (edited)"
+        why = self._hash_problem(chain, body)
+        if why is None and not canonical:
+            why = "not in canonical form: bytes changed without changing content (edited)"
+        return rec, why
+
+    def _hash_problem(self, chain: dict[str, Any], body: str) -> str | None:
+        alg = chain["alg"]
+        if self.key is None and alg == ALG_HMAC:
+            self.unchecked += 1
+            return None
+        if self.key is not None and alg != ALG_HMAC:
+            return f"not signed with the key (guard.alg is {alg!r}; rewritten without it?)"
+        want = chain_digest(chain["prev"], body, self.key)
+        if not hmac.compare_digest(want, chain["hash"]):
+            return "hash does not match its content (edited)"
+        return None
+
+    # -- a line against the ones before it --
+
+    def _bad(self, file: str, lineno: int, raw: bytes, why: str) -> None:
+        if self.last_good is None:
+            self.leading.append((len(self.problems), _seq_hint(raw)))
+            self.problems.append(Problem(file, lineno, None, why))
+        else:
+            self.problems.append(Problem(file, lineno, self.last_good + self.bad_run + 1, why))
+        self.bad_run += 1
+
+    def _link(self, file: str, lineno: int, rec: dict[str, Any]) -> None:
+        seq: int = rec["guard"]["seq"]
+        prev: str = rec["guard"]["prev"]
+        if self.last_good is None:
+            self._first_trusted(file, lineno, seq, prev)
+            return
+        low, high = self.last_good, self.last_good + self.bad_run + 1
+        if seq <= low:
+            self._bad(file, lineno, b"", f"seq {seq} repeats or goes back after seq {low} "
+                      f"(inserted, duplicated or reordered)")
+            return
+        if seq > high:
+            missing = seq - high
+            self.problems.append(Problem(file, lineno, high, f"seq jumps to {seq}: {missing} "
+                                         f"record(s) missing before it (deleted)"))
+        elif self.bad_run == 0 and prev != self.prev_digest:
+            pfile, pline = self.prev_where
+            self.problems.append(Problem(pfile, pline, seq - 1, f"the next record's "
+                                         f"guard.prev does not match this line (replaced, "
+                                         f"or edited and re-hashed)"))
+        self.last_good, self.bad_run = seq, 0
+
+    def _first_trusted(self, file: str, lineno: int, seq: int, prev: str) -> None:
+        """The oldest trusted record anchors the chain; earlier bad lines get positions."""
+        for i, (index, hint) in enumerate(self.leading):
+            guess = hint if hint is not None and 1 <= hint < seq else seq - self.bad_run + i
+            self.problems[index] = replace(self.problems[index], seq=max(1, guess))
+        self.leading.clear()
+        if seq == 1 and prev != ZERO_HASH and self.bad_run == 0:
+            self.problems.append(Problem(file, lineno, 1, "the first record's guard.prev "
+                                         "is not 64 zeros (edited)"))
+        self.last_good, self.bad_run = seq, 0
+
+
+def _chain_fields_ok(chain: Any) -> bool:
+    if not isinstance(chain, dict):
+        return False
+    seq, prev, digest = chain.get("seq"), chain.get("prev"), chain.get("hash")
+    return (type(seq) is int and seq >= 1 and chain.get("alg") in (ALG_PLAIN, ALG_HMAC)
+            and isinstance(prev, str) and _HEX64.match(prev) is not None
+            and isinstance(digest, str) and _HEX64.match(digest) is not None)
+
+
+def _seq_hint(raw: bytes) -> int | None:
+    """The seq a broken line seems to hold: positions bad lines before the first good one."""
+    m = _SEQ_HINT.search(raw)
+    return int(m.group(1)) if m else None
+
+
+# --- following the log ------------------------------------------------------------------
+
+def iter_records(path: Path, follow: bool = False, poll_s: float = 0.2,
+                 stop: threading.Event | None = None) -> Iterator[dict[str, Any]]:
+    """Records from all of the log's files, oldest first; with ``follow``, then new ones.
+
+    Follows across rotations (the current file's inode changes: the rest of the old file
+    is read first, then any rotated file it missed, then the new file) and truncation.
+    Ends when ``stop`` is set (checked every ``poll_s``). Never yields a record twice
+    (by ``guard.seq``). A line that is not JSON is yielded as
+    ``{"event": {"action": "unparseable-line"}, "message": <its text>}``; a last line
+    still being written is held back until complete. Does not verify the chain.
+    """
+    path = Path(path)
+    seen = _SeqFilter()
+    tail = _Tail(path)      # pinned before listing, so a rotation now cannot skip records
+    try:
+        for f in [f for f in log_files(path) if f != path]:
+            yield from seen.admit_all(_records_in(f))
+        yield from seen.admit_all(_parse(line, path) for line in tail.read())
+        while follow and not _wait(stop, poll_s):
+            lines, rotated = tail.poll()
+            yield from seen.admit_all(_parse(line, path) for line in lines)
+            if rotated:
+                yield from seen.admit_all(_missed_by_rotation(path, seen.last))
+    finally:
+        tail.close()
+
+
+class _SeqFilter:
+    """Drops records already yielded (seq not above the last); a fresh log resets it."""
+
+    def __init__(self) -> None:
+        self.last: int | None = None
+
+    def admit_all(self, records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for rec in records:
+            chain = rec.get("guard")
+            seq = chain.get("seq") if isinstance(chain, dict) else None
+            if type(seq) is not int:
+                yield rec
+                continue
+            if seq == 1 and chain.get("prev") == ZERO_HASH:
+                self.last = None   # the log was started afresh
+            if self.last is None or seq > self.last:
+                self.last = seq
+                yield rec
+
+
+class _Tail:
+    """The current file, held open by descriptor so a rename cannot take it away."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fh: Any = None
+        self.ident: tuple[int, int] | None = None
+        self.buf = b""
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self.fh = open(self.path, "rb")
+        except FileNotFoundError:
+            self.fh, self.ident = None, None
+            return
+        st = os.fstat(self.fh.fileno())
+        self.ident, self.buf = (st.st_dev, st.st_ino), b""
+
+    def read(self) -> list[bytes]:
+        """Complete lines added since the last read (a partial last line waits)."""
+        if self.fh is None:
+            return []
+        self.buf += self.fh.read()
+        *lines, self.buf = self.buf.split(b"\n")
+        return lines
+
+    def poll(self) -> tuple[list[bytes], bool]:
+        """(new lines, whether the file was rotated and the new one is now open)."""
+        lines = self.read()
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return lines, False          # mid-rotation: the new file is not there yet
+        if self.fh is None:
+            self._open()
+            return lines + self.read(), False
+        if (st.st_dev, st.st_ino) != self.ident:
+            lines += self.read()         # the old file's last words, then switch
+            self.close()
+            self._open()
+            return lines, True
+        if st.st_size < self.fh.tell():  # truncated in place: start over
+            self.fh.seek(0)
+            self.buf = b""
+        return lines, False
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+
+def _missed_by_rotation(path: Path, last: int | None) -> Iterator[dict[str, Any]]:
+    """Records in rotated files newer than ``last`` (several rotations between polls)."""
+    if last is None:
+        return
+    newer: list[Path] = []
+    for n in rotated_numbers(path):           # newest first
+        f = rotated_path(path, n)
+        try:
+            tail_seq = next((s for s in map(record_seq, reverse_lines(f)) if s), None)
+        except OSError:
+            continue
+        if tail_seq is not None and tail_seq <= last:
+            break
+        newer.append(f)
+    for f in reversed(newer):
+        yield from _records_in(f)
+
+
+def _records_in(f: Path) -> Iterator[dict[str, Any]]:
+    try:
+        with open(f, "rb") as fh:
+            for raw in fh:
+                if raw.endswith(b"\n"):
+                    yield _parse(raw[:-1], f)
+    except FileNotFoundError:
+        return   # rotated away while we listed: its records come from the next file
+
+
+def _parse(raw: bytes, f: Path) -> dict[str, Any]:
+    try:
+        rec = json.loads(raw)
+        if isinstance(rec, dict):
+            return rec
+    except (ValueError, RecursionError):
+        pass
+    return {"event": {"action": "unparseable-line"}, "log": {"file": {"path": str(f)}},
+            "message": raw.decode("utf-8", "replace")}
+
+
+def _wait(stop: threading.Event | None, poll_s: float) -> bool:
+    """Sleep one poll; True when it is time to stop."""
+    if stop is None:
+        time.sleep(poll_s)
+        return False
+    return stop.wait(poll_s)
+
+
+# --- rendering -------------------------------------------------------------------------
+
+def format_record(rec: dict[str, Any]) -> str:
+    """One line for people: time, action, outcome, path, verdict: message.
+
+    Control, format (bidi overrides, zero-width) and separator characters are shown as
+    escapes (``\\x1b``, ``\\u202e``), and backslashes doubled, so a hostile file name can
+    neither drive the terminal nor fake a second line.
+    """
+    verdict = _field(rec, "guard.verdict")
+    message = _field(rec, "message") or _field(rec, "event.reason") or _field(rec, "error.message")
+    parts = [_field(rec, "@timestamp") or "-", _field(rec, "event.action") or "-",
+             _field(rec, "event.outcome") or "-", _field(rec, "file.path") or "-"]
+    tail = f"{verdict}: {message}" if verdict and message else verdict or message
+    if tail:
+        parts.append(tail)
+    return " ".join(escape_text(p) for p in parts)
+
+
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def escape_text(s: str) -> str:
+    """Printable, one-line form of ``s``: unsafe characters as Python-style escapes."""
+    out = []
+    for ch in s:
+        if ch == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(ch) in _UNSAFE_CATEGORIES:
+            cp = ord(ch)
+            out.append(f"\\x{cp:02x}" if cp < 0x100 else
+                       f"\\u{cp:04x}" if cp < 0x10000 else f"\\U{cp:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _field(rec: dict[str, Any], dotted: str) -> str:
+    """A nested field as text ("" when absent); a flat dotted key works too."""
+    value: Any = rec
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if value is None:
+        value = rec.get(dotted)
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)

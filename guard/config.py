@@ -1,0 +1,248 @@
+"""Config: load, validate and default the TOML configuration.
+
+One dataclass, built from (in order of precedence) a file named with ``--config`` or
+``GUARD_CONFIG``, the per-OS default path, or the embedded default. Validation errors
+name the file and, when it can be found, the line of the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+MODES = ("monitor", "enforce")
+PARTIAL_SUFFIXES = (".crdownload", ".part", ".download", ".partial", ".tmp", ".opdownload",
+                    ".!ut", ".filepart")
+DEFAULT_EXCLUDES = ("*/.git/*", "*/node_modules/*", "*/.cache/*", "*/__pycache__/*",
+                    "*/Dropbox/.dropbox.cache/*", "*/.Trash*/*", "*/.venv/*")
+DEFAULT_MEETING_APPS = ("zoom", "zoom.us", "cpthost", "caphost", "ms-teams", "teams",
+                        "msteams", "webex", "webexmeetings", "ciscowebexstart", "slack",
+                        "discord", "gotomeeting", "skype", "facetime", "whereby", "around")
+
+
+@dataclass(frozen=True)
+class WatchFolder:
+    path: Path
+    source: str = "browser"
+
+
+@dataclass(frozen=True)
+class Config:
+    mode: str = "enforce"
+    quarantine_dir: Path = Path("/var/lib/guard/quarantine")
+    log_file: Path = Path("/var/log/guard/audit.jsonl")
+    allowlist: Path = Path("/etc/guard/allowlist.toml")
+    rules: tuple[Path, ...] = ()
+    watch: tuple[WatchFolder, ...] = ()
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDES
+    state_dir: Path = Path("/var/lib/guard")
+    # pipeline
+    workers: int = 2
+    queue_size: int = 10_000
+    settle_s: float = 0.5           # a file unchanged this long is complete (no close event)
+    sweep_interval_s: float = 300.0
+    max_size_mb: float = 100.0
+    yara_timeout_s: float = 10.0
+    quarantine_suspicious: bool = False
+    log_max_mb: float = 50.0
+    log_keep: int = 10
+    # people
+    notify: str = "auto"            # auto | none | file:PATH (tests, kiosks)
+    meeting_apps: tuple[str, ...] = DEFAULT_MEETING_APPS
+    meeting_linger_s: float = 900.0
+    meeting_poll_s: float = 2.0
+    source: str = "<embedded default>"   # where this config came from
+
+    def with_changes(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+def is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def default_config_path(system: str | None = None) -> Path:
+    system = system or platform.system()
+    if system == "Windows":
+        return Path(os.environ.get("ProgramData", r"C:\ProgramData")) / "guard" / "config.toml"
+    if system == "Darwin":
+        return Path("/Library/Application Support/guard/config.toml") if is_root() else \
+            Path.home() / "Library" / "Application Support" / "guard" / "config.toml"
+    if is_root():
+        return Path("/etc/guard/config.toml")
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "guard" / "config.toml"
+
+
+def _default_paths() -> dict[str, Path]:
+    """Where state lives: system paths for the root agent, per-user paths otherwise."""
+    if is_root() and platform.system() == "Linux":
+        return {"quarantine_dir": Path("/var/lib/guard/quarantine"),
+                "log_file": Path("/var/log/guard/audit.jsonl"),
+                "allowlist": Path("/etc/guard/allowlist.toml"),
+                "state_dir": Path("/var/lib/guard")}
+    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "guard"
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "guard"
+    conf = default_config_path().parent
+    return {"quarantine_dir": data / "quarantine", "log_file": state / "audit.jsonl",
+            "allowlist": conf / "allowlist.toml", "state_dir": state}
+
+
+def embedded_default() -> Config:
+    """Works with no file: watch the user's download folder and the chat apps' folders
+    that exist, enforce mode, bundled rules."""
+    from .folders import existing, known_folders
+
+    watches = []
+    for kf in existing(known_folders()):
+        watches.append(WatchFolder(Path(kf.path), _first_source(kf)))
+    return Config(**_default_paths(), watch=tuple(watches))
+
+
+def _first_source(kf: Any) -> str:
+    sources = getattr(kf, "sources", None)
+    if sources:
+        return sources[0]
+    return getattr(kf, "source", "browser")
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                env: Mapping[str, str] | None = None) -> Config:
+    """The config in force: *path*, else $GUARD_CONFIG, else the OS default path if it
+    exists, else the embedded default. Raises ConfigError (file, line) when invalid."""
+    env = os.environ if env is None else env
+    chosen = path or env.get("GUARD_CONFIG")
+    if not chosen:
+        default = default_config_path()
+        if not default.is_file():
+            return embedded_default()
+        chosen = default
+    p = Path(chosen)
+    try:
+        text = p.read_text("utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config file not found", path=str(p)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config: {exc}", path=str(p)) from None
+    return parse_config(text, str(p))
+
+
+_TOML_LINE = re.compile(r"at line (\d+), column (\d+)")
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = _TOML_LINE.search(str(exc))
+        line = int(m.group(1)) if m else None
+        if "at end of document" in str(exc):
+            line = max(1, len(text.rstrip("\n").splitlines()))
+        msg = re.sub(r"\s*\((?:at line \d+, column \d+|at end of document)\)?", "",
+                     str(exc)).strip() or "invalid TOML"
+        raise ConfigError(f"invalid TOML: {msg}", path=source, line=line) from None
+    return _build(raw, text, source)
+
+
+def _line_of(text: str, key: str, table: str | None = None) -> int | None:
+    """Best-effort line number of `key = ...` at top level (or inside [table]/[[table]]);
+    falls back to the table's header line."""
+    current: str | None = None
+    header: int | None = None
+    for n, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            current = stripped.strip("[]").strip()
+            if current == table and header is None:
+                header = n
+            continue
+        if current == table and re.match(rf"{re.escape(key)}\s*=", stripped):
+            return n
+    return header
+
+
+_SIMPLE: dict[str, tuple[type, ...]] = {
+    "mode": (str,), "quarantine_dir": (str,), "log_file": (str,), "allowlist": (str,),
+    "state_dir": (str,), "workers": (int,), "queue_size": (int,), "settle_s": (int, float),
+    "sweep_interval_s": (int, float), "max_size_mb": (int, float),
+    "yara_timeout_s": (int, float), "quarantine_suspicious": (bool,),
+    "log_max_mb": (int, float), "log_keep": (int,), "notify": (str,),
+    "meeting_linger_s": (int, float), "meeting_poll_s": (int, float),
+}
+_LISTS = {"rules", "exclude", "meeting_apps"}
+
+
+def _expand(value: str) -> Path:
+    return Path(os.path.expandvars(os.path.expanduser(value)))
+
+
+def _build(raw: dict[str, Any], text: str, source: str) -> Config:
+    def fail(msg: str, key: str, table: str | None = None) -> ConfigError:
+        return ConfigError(msg, path=source, line=_line_of(text, key, table))
+
+    base = _default_paths()
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "watch":
+            continue
+        if key in _SIMPLE:
+            if isinstance(value, bool) and bool not in _SIMPLE[key]:
+                raise fail(f"{key} must be {_kind(_SIMPLE[key])}, not a boolean", key)
+            if not isinstance(value, _SIMPLE[key]):
+                raise fail(f"{key} must be {_kind(_SIMPLE[key])}", key)
+            values[key] = value
+        elif key in _LISTS:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise fail(f"{key} must be a list of strings", key)
+            values[key] = tuple(value)
+        else:
+            raise fail(f"unknown key {key!r}", key)
+    if values.get("mode", "enforce") not in MODES:
+        raise fail(f"mode must be one of {', '.join(MODES)}", "mode")
+    for key in ("workers", "queue_size", "log_keep"):
+        if key in values and values[key] < 1:
+            raise fail(f"{key} must be at least 1", key)
+    for key in ("settle_s", "sweep_interval_s", "max_size_mb", "yara_timeout_s",
+                "log_max_mb", "meeting_poll_s"):
+        if key in values and values[key] <= 0:
+            raise fail(f"{key} must be more than 0", key)
+    notify = values.get("notify", "auto")
+    if notify not in ("auto", "none") and not notify.startswith("file:"):
+        raise fail("notify must be auto, none or file:PATH", "notify")
+    for key in ("quarantine_dir", "log_file", "allowlist", "state_dir"):
+        values[key] = _expand(values[key]) if key in values else base[key]
+    if "rules" in values:
+        values["rules"] = tuple(_expand(r) for r in values["rules"])
+    watches = []
+    entries = raw.get("watch", [])
+    if not isinstance(entries, list):
+        raise fail("watch must be an array of tables: [[watch]]", "watch")
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise fail("each [[watch]] needs a path = \"...\"", "path", "watch")
+        unknown = set(entry) - {"path", "source"}
+        if unknown:
+            raise fail(f"unknown key {sorted(unknown)[0]!r} in [[watch]]",
+                       sorted(unknown)[0], "watch")
+        src = entry.get("source", "browser")
+        if not isinstance(src, str) or not src:
+            raise fail("watch source must be a non-empty string", "source", "watch")
+        watches.append(WatchFolder(_expand(entry["path"]), src))
+    if "watch" not in raw:
+        watches = list(embedded_default().watch)
+    return Config(**values, watch=tuple(watches), source=source)
+
+
+def _kind(types: tuple[type, ...]) -> str:
+    if float in types:
+        return "a number"
+    names = {str: "a string", int: "a whole number", float: "a number", bool: "true or false"}
+    return " or ".join(dict.fromkeys(names[t] for t in types))

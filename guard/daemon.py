@@ -1,0 +1,414 @@
+"""The agent: wiring only. Builds every part from Config, starts, reloads, stops.
+
+Flow: watch (events, sweeps) -> bounded queue -> workers: scan -> decide -> quarantine ->
+audit -> notify. The main thread only waits for signals: SIGHUP reloads config and
+rules (the last good ones stay on error), SIGTERM/SIGINT drain and exit within 5 s.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import queue
+import signal
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .actions.notify import Notifier, quarantine_message
+from .actions.quarantine import Expected, Vault
+from .audit.record import admin_record, scan_record
+from .config import Config, WatchFolder, load_config
+from .errors import FileChanged, GuardError, LockedError, QuarantineError
+from .identify.containers import Limits
+from .policy.engine import decide
+from .scanner import ScanOptions, Scanner, load_rules
+from .sources.meeting import MeetingMonitor
+from .sources.watch import FolderWatcher
+from .verdict import Action
+
+DRAIN_S = 4.0              # SIGTERM: finish queued work for this long, then leave
+_SEEN_MAX = 200_000        # identities remembered so an unchanged file is not rescanned
+_RESCANS_MAX = 3           # a file that keeps changing under us is given up after this
+
+
+@dataclass
+class Counters:
+    queued: int = 0
+    scanned: int = 0
+    clean: int = 0
+    suspicious: int = 0
+    malicious: int = 0
+    quarantined: int = 0
+    failed: int = 0
+    skipped_unchanged: int = 0
+    dropped: int = 0
+    sweeps: int = 0
+    errors: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def bump(self, name: str, by: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + by)
+
+    def to_dict(self) -> dict[str, int]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+@dataclass(frozen=True)
+class _Job:
+    path: Path
+    folder: WatchFolder
+    why: str
+    attempt: int = 0
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: str | None = None):
+        self.config = config
+        self.config_path = config_path
+        self.counters = Counters()
+        self.last_error = ""
+        self.started_at = time.time()
+        self._queue: queue.Queue[_Job | None] = queue.Queue(config.queue_size)
+        self._pending: set[str] = set()
+        self._pending_lock = threading.Lock()
+        self._seen: OrderedDict[str, tuple[int, int, int, int]] = OrderedDict()
+        self._stop = threading.Event()
+        self._sweep_now = threading.Event()
+        self._reload = threading.Event()
+        self._workers: list[threading.Thread] = []
+        self._lock_fd: int | None = None
+        self.acquire_lock()                  # before anything opens the log or the vault
+        self.scanner = self._build_scanner(config)
+        self.vault = Vault(config.quarantine_dir)
+        from .audit.writer import AuditLog
+        self.audit = AuditLog(config.log_file, max_bytes=int(config.log_max_mb * 1024 * 1024),
+                              keep=config.log_keep)
+        self.notifier = Notifier(config.notify)
+        self.meeting = MeetingMonitor(config.meeting_apps, config.meeting_linger_s,
+                                      config.meeting_poll_s, on_change=self._meeting_changed)
+        self.watcher = self._build_watcher(config)
+
+    # --- construction --------------------------------------------------------------------
+    def _build_scanner(self, config: Config) -> Scanner:
+        rules = load_rules(config.rules)
+        self.rule_errors = [str(e) for e in rules.errors]
+        return Scanner(rules, ScanOptions(max_size_bytes=int(config.max_size_mb * 1024 * 1024),
+                                          yara_timeout_s=config.yara_timeout_s,
+                                          limits=Limits()))
+
+    def _build_watcher(self, config: Config) -> FolderWatcher:
+        return FolderWatcher(config.watch, self._offer, config.exclude, config.settle_s)
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def acquire_lock(self) -> None:
+        """One instance per config: an exclusive lock on state_dir/guard.lock."""
+        state = self.config.state_dir
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(state / "guard.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockedError("another guard is already running with this configuration",
+                              path=str(state / "guard.lock")) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def start(self) -> None:
+        recovered = self.vault.recover()
+        self._log(admin_record("guard-started", message=f"guard {__version__} started",
+                               mode=self.config.mode, config=self.config.source,
+                               watched=[str(w.path) for w in self.config.watch],
+                               recovered=[f"{i}:{o}" for i, o in recovered] or None,
+                               rule_errors=self.rule_errors or None))
+        for _ in range(self.config.workers):
+            t = threading.Thread(target=self._work, name="guard-worker", daemon=True)
+            t.start()
+            self._workers.append(t)
+        self.watcher.start()
+        for err in self.watcher.errors:
+            self._error(err)
+        self.meeting.poll()
+        self.meeting.start()
+        self._housekeeper = threading.Thread(target=self._housekeep, name="guard-sweep",
+                                             daemon=True)
+        self._housekeeper.start()
+        self._sweep_now.set()          # the start sweep: files that arrived while we were off
+        self.write_status("running")
+
+    def run_forever(self) -> int:
+        """Main-thread loop: signals set flags; returns the exit code."""
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        self.start()
+        while not self._stop.is_set():
+            self._stop.wait(1.0)
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            self.write_status("running")
+        self.stop()
+        return 0
+
+    def stop(self) -> None:
+        self.write_status("stopping")
+        self.watcher.stop()
+        self.meeting.stop()
+        self._stop.set()
+        deadline = time.monotonic() + DRAIN_S
+        while not self._queue.empty() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in self._workers:
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                break
+        for t in self._workers:
+            t.join(max(0.0, deadline - time.monotonic()) + 0.5)
+        self._log(admin_record("guard-stopped", message="guard stopped",
+                               counters=self.counters.to_dict()))
+        self.notifier.close(0.5)
+        self.audit.close()
+        self.write_status("stopped")
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def reload(self) -> None:
+        """SIGHUP: new config and rules, or keep the last good ones and log why."""
+        try:
+            config = load_config(self.config_path)
+            scanner = self._build_scanner(config)
+        except GuardError as exc:
+            self._error(f"reload refused, previous configuration kept: {exc}")
+            self._log(admin_record("config-reload", outcome="failure", message=str(exc)))
+            return
+        self.config = config
+        self.scanner = scanner
+        with self._pending_lock:
+            self._seen.clear()                  # new rules: everything deserves a new look
+        self.watcher.stop()                 # folders, exclusions or settle time may differ
+        self.watcher = self._build_watcher(config)
+        self.watcher.start()
+        self.meeting.apps = frozenset(a.lower() for a in config.meeting_apps)
+        self.meeting.linger_s = config.meeting_linger_s
+        self._log(admin_record("config-reload", message=f"configuration reloaded from "
+                               f"{config.source}", mode=config.mode,
+                               rule_errors=self.rule_errors or None))
+        self._sweep_now.set()
+
+    # --- intake --------------------------------------------------------------------------
+    def _offer(self, path: Path, folder: WatchFolder, why: str) -> None:
+        """From watcher threads: queue a file unless it is queued already. Never blocks."""
+        key = os.fspath(path)
+        with self._pending_lock:
+            if key in self._pending:
+                return
+            self._pending.add(key)
+        try:
+            self._queue.put_nowait(_Job(path, folder, why))
+            self.counters.bump("queued")
+        except queue.Full:
+            with self._pending_lock:
+                self._pending.discard(key)
+            self.counters.bump("dropped")
+            self._sweep_now.set()       # the reconciliation sweep will pick it up
+
+    def _housekeep(self) -> None:
+        next_sweep = time.monotonic()
+        while not self._stop.is_set():
+            if self._sweep_now.is_set() or time.monotonic() >= next_sweep:
+                self._sweep_now.clear()
+                try:
+                    self.watcher.sweep("sweep")
+                    self.counters.bump("sweeps")
+                except Exception as exc:
+                    self._error(f"sweep failed: {exc}")
+                next_sweep = time.monotonic() + self.config.sweep_interval_s
+            self._ingest_spool()
+            self._sweep_now.wait(1.0)
+
+    def _ingest_spool(self) -> None:
+        """Admin actions done while the agent runs (restore, purge) reach the log here."""
+        spool = self.config.state_dir / "spool"
+        try:
+            names = sorted(p for p in spool.iterdir() if p.suffix == ".json")
+        except OSError:
+            return
+        for p in names:
+            try:
+                record = json.loads(p.read_text())
+            except (OSError, ValueError):
+                record = admin_record("guard-error", outcome="failure",
+                                      message=f"unreadable spooled record {p.name}")
+            self._log(record)
+            p.unlink(missing_ok=True)
+
+    # --- work ----------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            with self._pending_lock:
+                self._pending.discard(os.fspath(job.path))
+            try:
+                self.handle(job)
+            except Exception as exc:   # the daemon never dies on one bad file
+                self.counters.bump("errors")
+                self._error(f"{job.path}: {type(exc).__name__}: {exc}")
+
+    def handle(self, job: _Job) -> None:
+        key = os.fspath(job.path)
+        try:
+            st = os.lstat(job.path)
+        except OSError:
+            return                                   # gone before we got to it
+        if not (st.st_mode & 0o170000 == 0o100000):
+            return                                   # links, fifos, folders: not ours
+        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._pending_lock:
+            unchanged = self._seen.get(key) == ident
+        if unchanged:
+            self.counters.bump("skipped_unchanged")
+            return
+        config, scanner = self.config, self.scanner
+        verdict = scanner.scan_file(job.path, follow=False)
+        self.counters.bump("scanned")
+        if verdict.error and "changed while" in verdict.error and job.attempt < _RESCANS_MAX:
+            self._requeue(job)
+            return
+        self.counters.bump(verdict.level.value)
+        meeting = self.meeting.active
+        decision = decide(verdict, config.mode, meeting, config.quarantine_suspicious)
+        provenance = self._provenance(job.path)
+        qid, error = "", ""
+        if decision.action is Action.QUARANTINE:
+            try:
+                qid = self._quarantine(job, verdict, decision, provenance)
+            except FileChanged:
+                if job.attempt < _RESCANS_MAX:
+                    self._requeue(job)
+                    return
+                error = "the file kept changing; not quarantined"
+            except (QuarantineError, OSError) as exc:
+                error = f"quarantine failed: {exc}"
+                self.counters.bump("failed")
+        with self._pending_lock:
+            self._seen[key] = ident
+            self._seen.move_to_end(key)
+            while len(self._seen) > _SEEN_MAX:
+                self._seen.popitem(last=False)
+        if verdict.flagged or decision.intended is not Action.ALLOW or error:
+            self._log(scan_record(decision, job.folder.source, provenance, qid,
+                                  error=error, trigger=job.why))
+        if qid:
+            self.counters.bump("quarantined")
+            title, body = quarantine_message(job.path.name, verdict.summary, meeting)
+            self.notifier.notify(title, body, path=str(job.path), quarantine_id=qid)
+
+    def _requeue(self, job: _Job) -> None:
+        try:
+            self._queue.put_nowait(_Job(job.path, job.folder, "rescan", job.attempt + 1))
+        except queue.Full:
+            self._sweep_now.set()
+
+    def _quarantine(self, job: _Job, verdict, decision, provenance) -> str:
+        st = verdict.details.get("stat") or {}
+        expected = Expected(st["dev"], st["ino"], st["size"], st["mtime_ns"], verdict.sha256)
+        meta = {"verdict": verdict.level.value, "reasons": [r.to_dict() for r in verdict.reasons],
+                "rules": list(verdict.rules), "summary": verdict.summary,
+                "source": job.folder.source, "provenance": provenance,
+                "meeting": decision.meeting, "type": verdict.type.to_dict()}
+        item = self.vault.quarantine(Path(job.folder.path), job.path, expected, meta)
+        return item.id
+
+    def _provenance(self, path: Path) -> dict[str, Any]:
+        try:
+            from .sources.provenance import read_provenance
+            return read_provenance(path).to_dict()
+        except Exception:
+            return {}
+
+    # --- side channels -------------------------------------------------------------------
+    def _meeting_changed(self, active: bool, app: str) -> None:
+        self._log(admin_record("meeting-started" if active else "meeting-ended",
+                               message=f"call app {app!r} {'running' if active else 'gone'}",
+                               meeting=active, app=app))
+        self.write_status("running")
+
+    def _log(self, record: dict[str, Any]) -> None:
+        try:
+            self.audit.write(record)
+        except Exception as exc:
+            self.last_error = f"audit log: {exc}"
+
+    def _error(self, message: str) -> None:
+        self.last_error = message
+        self.counters.bump("errors")
+        self._log(admin_record("guard-error", outcome="failure", message=message))
+
+    def status(self, state: str) -> dict[str, Any]:
+        return {"state": state, "pid": os.getpid(), "version": __version__,
+                "mode": self.config.mode, "config": self.config.source,
+                "started_at": self.started_at, "updated_at": time.time(),
+                "watched": [{"path": str(w.path), "source": w.source}
+                            for w in self.watcher.watching],
+                "not_watched": list(self.watcher.errors),
+                "queue_depth": self._queue.qsize(), "meeting": self.meeting.active,
+                "counters": self.counters.to_dict(), "last_error": self.last_error,
+                "rule_errors": self.rule_errors, "quarantine_dir": str(self.config.quarantine_dir),
+                "log_file": str(self.config.log_file)}
+
+    def write_status(self, state: str) -> None:
+        path = self.config.state_dir / "status.json"
+        tmp = path.with_name(f".status.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.status(state), indent=1))
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.last_error = f"status file: {exc}"
+
+
+def read_status(config: Config) -> dict[str, Any] | None:
+    """The running daemon's status, or None when none runs with this config."""
+    path = config.state_dir / "status.json"
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    lock = config.state_dir / "guard.lock"
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None                       # nobody holds the lock: no daemon
+    except BlockingIOError:
+        return status
+    finally:
+        os.close(fd)
+
+
+def spool_record(config: Config, record: dict[str, Any]) -> Path:
+    """Hand a record to the running agent, which writes it into the chained log."""
+    spool = config.state_dir / "spool"
+    spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+    name = f"{time.time_ns():020d}-{os.getpid()}"
+    tmp = spool / f".{name}.tmp"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, spool / f"{name}.json")
+    return spool / f"{name}.json"

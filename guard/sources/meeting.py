@@ -1,0 +1,85 @@
+"""Is a video call on? psutil over process names, polled, with a linger after the call.
+
+Meeting-aware strictness: while a call app runs, and for ``linger_s`` after, files that
+arrive get the strict policy. Only process *names* are read; nothing is touched.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Iterable
+
+import psutil
+
+
+def _norm(name: str) -> str:
+    name = name.lower()
+    for suffix in (".exe", ".app"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+class MeetingMonitor:
+    def __init__(self, apps: Iterable[str], linger_s: float = 900.0, poll_s: float = 2.0,
+                 on_change: Callable[[bool, str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.apps = frozenset(_norm(a) for a in apps)
+        self.linger_s = linger_s
+        self.poll_s = poll_s
+        self.on_change = on_change
+        self.clock = clock
+        self.app = ""                  # the call app seen last
+        self._running = False
+        self._reported = False         # the state last announced through on_change
+        self._ended_at: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def find_call_app(self) -> str:
+        for proc in psutil.process_iter(["name"]):
+            try:
+                name = _norm(proc.info.get("name") or "")
+            except (psutil.Error, AttributeError):
+                continue
+            if name in self.apps:
+                return name
+        return ""
+
+    def poll(self) -> bool:
+        """Look once; returns whether the strict policy applies now."""
+        app = self.find_call_app()
+        was = self._reported
+        if app:
+            self._running, self.app, self._ended_at = True, app, None
+        elif self._running:
+            self._running, self._ended_at = False, self.clock()
+        now_active = self.active
+        if now_active != was:
+            self._reported = now_active
+            if self.on_change is not None:
+                self.on_change(now_active, self.app)
+        return now_active
+
+    @property
+    def active(self) -> bool:
+        if self._running:
+            return True
+        return self._ended_at is not None and self.clock() - self._ended_at < self.linger_s
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="guard-meeting", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll()
+            except Exception:   # psutil hiccups must not stop the monitor
+                pass
+            self._stop.wait(self.poll_s)
