@@ -52,6 +52,7 @@ class Config:
     max_size_mb: float = 100.0
     yara_timeout_s: float = 10.0
     quarantine_suspicious: bool = False
+    log_clean: bool = False         # also log a record for every clean file scanned
     log_max_mb: float = 50.0
     log_keep: int = 10
     # people
@@ -101,9 +102,14 @@ def embedded_default() -> Config:
     that exist, enforce mode, bundled rules."""
     from .folders import existing, known_folders
 
-    watches = []
-    for kf in existing(known_folders()):
-        watches.append(WatchFolder(Path(kf.path), _first_source(kf)))
+    folders = known_folders()
+    watches = [WatchFolder(Path(kf.path), _first_source(kf)) for kf in existing(folders)]
+    if not any(w.source == "browser" for w in watches) and folders:
+        # The browser download folder is watched even before a browser creates it; the
+        # agent creates it at start (see Daemon.start).
+        downloads = next((kf for kf in folders if "browser" in getattr(kf, "sources", ())),
+                         folders[0])
+        watches.insert(0, WatchFolder(Path(downloads.path), "browser"))
     return Config(**_default_paths(), watch=tuple(watches))
 
 
@@ -173,7 +179,7 @@ _SIMPLE: dict[str, tuple[type, ...]] = {
     "mode": (str,), "quarantine_dir": (str,), "log_file": (str,), "allowlist": (str,),
     "state_dir": (str,), "workers": (int,), "queue_size": (int,), "settle_s": (int, float),
     "sweep_interval_s": (int, float), "max_size_mb": (int, float),
-    "yara_timeout_s": (int, float), "quarantine_suspicious": (bool,),
+    "yara_timeout_s": (int, float), "quarantine_suspicious": (bool,), "log_clean": (bool,),
     "log_max_mb": (int, float), "log_keep": (int,), "notify": (str,),
     "meeting_linger_s": (int, float), "meeting_poll_s": (int, float),
 }

@@ -2,7 +2,8 @@
 
 Flow: watch (events, sweeps) -> bounded queue -> workers: scan -> decide -> quarantine ->
 audit -> notify. The main thread only waits for signals: SIGHUP reloads config and
-rules (the last good ones stay on error), SIGTERM/SIGINT drain and exit within 5 s.
+rules (the last good ones stay on error), SIGUSR1 runs a reconciliation sweep now,
+SIGTERM/SIGINT drain and exit within 5 s.
 """
 
 from __future__ import annotations
@@ -125,6 +126,10 @@ class Daemon:
         self._lock_fd = fd
 
     def start(self) -> None:
+        if self.config.source == "<embedded default>":
+            for w in self.config.watch:
+                if w.source == "browser" and not Path(w.path).exists():
+                    Path(w.path).mkdir(parents=True, exist_ok=True)
         recovered = self.vault.recover()
         self._log(admin_record("guard-started", message=f"guard {__version__} started",
                                mode=self.config.mode, config=self.config.source,
@@ -151,6 +156,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        signal.signal(signal.SIGUSR1, lambda *_: self._sweep_now.set())   # "look again now"
         self.start()
         while not self._stop.is_set():
             self._stop.wait(1.0)
@@ -310,7 +316,8 @@ class Daemon:
             self._seen.move_to_end(key)
             while len(self._seen) > _SEEN_MAX:
                 self._seen.popitem(last=False)
-        if verdict.flagged or decision.intended is not Action.ALLOW or error:
+        if verdict.flagged or decision.intended is not Action.ALLOW or error or \
+                config.log_clean:
             self._log(scan_record(decision, job.folder.source, provenance, qid,
                                   error=error, trigger=job.why))
         if qid:

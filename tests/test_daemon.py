@@ -297,3 +297,31 @@ def test_meeting_app_switches_strict_policy_on_and_off(agent, tmp_path):
     assert "separate channel" in note["body"]
     acts = [r["event"]["action"] for r in a.records()]
     assert "meeting-started" in acts and "meeting-ended" in acts
+
+
+def test_unchanged_file_is_not_scanned_twice(agent, tmp_path):
+    a = agent()
+    _drop(tmp_path / "Downloads", "notes.txt", b"hello")
+    assert wait_until(lambda: a.status()["counters"]["scanned"] == 1, 5)
+    sweeps = a.status()["counters"]["sweeps"]
+    a.proc.send_signal(signal.SIGUSR1)                 # reconciliation sweep now
+    assert wait_until(lambda: a.status()["counters"]["sweeps"] > sweeps, 5)
+    assert wait_until(lambda: a.status()["counters"]["skipped_unchanged"] >= 1, 5)
+    assert a.status()["counters"]["scanned"] == 1
+    (tmp_path / "Downloads" / "notes.txt").write_bytes(b"hello, changed")
+    assert wait_until(lambda: a.status()["counters"]["scanned"] == 2, 5)
+
+
+def test_excluded_paths_cost_nothing(tmp_path):
+    cfg = write_config(tmp_path, extra='exclude = ["*/build/*"]')
+    a = Agent(tmp_path, cfg).start()
+    try:
+        (tmp_path / "Downloads" / "build").mkdir()
+        ignored = _drop(tmp_path / "Downloads" / "build", "Contract.pdf", b.pe32())
+        seen = _drop(tmp_path / "Downloads", "Contract.pdf", b.pe32())
+        assert wait_until(lambda: not seen.exists(), 5)
+        assert wait_until(lambda: a.status()["counters"]["scanned"] == 1, 5)
+        time.sleep(0.5)
+        assert ignored.exists() and a.status()["counters"]["scanned"] == 1
+    finally:
+        a.stop()

@@ -15,7 +15,8 @@ class AuditError(GuardError):
 
 
 # Imported after AuditError: both modules raise it.
-from .verify import Problem, VerifyResult, format_record, iter_records, log_files, verify_log  # noqa: E402
+from .verify import (Problem, VerifyResult, format_record, iter_records,  # noqa: E402
+                     log_files, verify_log)
 from .writer import ECS_VERSION, AuditLog, canonical_json  # noqa: E402
 
 __all__ = ["ECS_VERSION", "AuditError", "AuditLog", "Problem", "VerifyResult",

@@ -118,6 +118,7 @@ class _ChainCheck:
         self.prev_where = (file, lineno)
 
     def result(self, files: list[str]) -> VerifyResult:
+        self._place_unanchored()
         seqs = [p.seq for p in self.problems if p.seq is not None]
         return VerifyResult(ok=not self.problems, records=self.records, files=files,
                             first_bad_seq=min(seqs) if seqs else None,
@@ -191,6 +192,15 @@ class _ChainCheck:
                                          f"guard.prev does not match this line (replaced, "
                                          f"or edited and re-hashed)"))
         self.last_good, self.bad_run = seq, 0
+
+    def _place_unanchored(self) -> None:
+        """No record was trusted at all (e.g. the wrong key): position bad lines by the
+        seq they seem to hold, else one after the line before."""
+        guess = 0
+        for index, hint in self.leading:
+            guess = hint if hint is not None and hint > guess else guess + 1
+            self.problems[index] = replace(self.problems[index], seq=guess)
+        self.leading.clear()
 
     def _first_trusted(self, file: str, lineno: int, seq: int, prev: str) -> None:
         """The oldest trusted record anchors the chain; earlier bad lines get positions."""

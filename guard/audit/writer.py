@@ -146,12 +146,18 @@ def jsonable(value: Any, depth: int = 0) -> Any:
     """A JSON-ready deep copy of ``value``; never raises.
 
     Enums -> value, paths -> text, bytes -> base64 text, sets -> sorted lists, non-finite
-    floats -> "nan"/"inf"/"-inf", objects with ``to_dict()`` -> that, anything else -> str().
+    floats -> "nan"/"inf"/"-inf", ints beyond 64 bits -> text, objects with ``to_dict()``
+    -> that, anything else -> str().
     """
     if depth > _MAX_DEPTH:
         return "<too deep>"
-    if value is None or isinstance(value, (bool, int)) and not isinstance(value, enum.Enum):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int) and not isinstance(value, enum.Enum):
+        # Past 64 bits no SIEM field holds it (and huge ints make json.dumps raise).
+        if value.bit_length() <= 64:
+            return int(value)
+        return str(value) if value.bit_length() < 10_000 else "<huge int>"
     if isinstance(value, str):
         return clean_text(value)
     if isinstance(value, enum.Enum):
