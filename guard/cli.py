@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--json", action="store_true")
     lt.add_argument("--file", metavar="PATH", help="log file (default: from the configuration)")
 
+    bg = sub.add_parser("break-glass", parents=[cfg],
+                        help="switch the agent to monitor mode at once (root), or back")
+    bg.add_argument("state", choices=["on", "off", "status"])
+
     rules = sub.add_parser("rules", help="YARA rule tools")
     rsub = rules.add_subparsers(dest="rules_command", metavar="ACTION")
     check = rsub.add_parser("check", help="compile rule folders and list every broken file")
@@ -136,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("quarantine", "list"): cmd_q_list, ("quarantine", "show"): cmd_q_show,
         ("quarantine", "restore"): cmd_q_restore, ("quarantine", "purge"): cmd_q_purge,
         ("log", "verify"): cmd_log_verify, ("log", "tail"): cmd_log_tail,
+        ("break-glass", None): cmd_break_glass,
     }
     sub_action = (getattr(args, "rules_command", None) or getattr(args, "q_command", None)
                   or getattr(args, "log_command", None) or getattr(args, "config_command", None))
@@ -369,23 +374,12 @@ def _vault(args: argparse.Namespace):
 
 
 def _audit(config, record: dict) -> None:
-    """Log an admin action. The log has one writer: when the agent runs, it is the agent,
-    so the record goes through its spool folder; otherwise it is written here."""
-    from .audit import AuditError
+    """Log an admin action into the chained log (safe beside a running agent: every
+    write takes the log's lock and continues the chain from the file)."""
     from .audit.writer import AuditLog
-    from .daemon import spool_record
-    try:
-        log = AuditLog(config.log_file, max_bytes=int(config.log_max_mb * 1024 * 1024),
-                       keep=config.log_keep)
-    except AuditError as exc:
-        if "in use" not in str(exc):
-            raise
-        spool_record(config, record)
-        return
-    try:
+    with AuditLog(config.log_file, max_bytes=int(config.log_max_mb * 1024 * 1024),
+                  keep=config.log_keep) as log:
         log.write(record)
-    finally:
-        log.close()
 
 
 def cmd_q_list(args: argparse.Namespace) -> int:
@@ -467,7 +461,7 @@ def cmd_log_verify(args: argparse.Namespace) -> int:
                           "problems": [p.__dict__ for p in result.problems]}))
     else:
         for p in result.problems:
-            print(f"{p.file}:{p.line}: {p.message}")
+            print(p)
         print(f"{'OK' if result.ok else 'TAMPERED'}: {result.records} records in "
               f"{len(result.files)} file(s)"
               + (f", first bad record {result.first_bad_seq}" if not result.ok else ""))
@@ -486,4 +480,28 @@ def cmd_log_tail(args: argparse.Namespace) -> int:
         return EXIT_CLEAN
     for rec in iter_records(path, follow=True):
         emit(rec)
+    return EXIT_CLEAN
+
+
+def cmd_break_glass(args: argparse.Namespace) -> int:
+    """The documented emergency switch: a file only root can create (it lives in the
+    root-only state folder) puts the agent in monitor mode within a second."""
+    from .audit.record import actor, admin_record
+    config = _config(args)
+    flag = config.break_glass_file
+    if args.state == "status":
+        print(f"break-glass is {'ON: monitor mode in force' if flag.exists() else 'off'} "
+              f"({flag})")
+        return EXIT_CLEAN
+    if args.state == "on":
+        flag.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(flag, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.write(fd, f"set by {actor()}\n".encode())
+        os.close(fd)
+    else:
+        flag.unlink(missing_ok=True)
+    _audit(config, admin_record("break-glass", message=f"break-glass {args.state} by command",
+                                file=str(flag)))
+    now = "monitor mode in force" if args.state == "on" else "configured mode restored"
+    print(f"break-glass {args.state}: {now}")
     return EXIT_CLEAN

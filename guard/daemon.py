@@ -242,24 +242,7 @@ class Daemon:
                 except Exception as exc:
                     self._error(f"sweep failed: {exc}")
                 next_sweep = time.monotonic() + self.config.sweep_interval_s
-            self._ingest_spool()
             self._sweep_now.wait(1.0)
-
-    def _ingest_spool(self) -> None:
-        """Admin actions done while the agent runs (restore, purge) reach the log here."""
-        spool = self.config.state_dir / "spool"
-        try:
-            names = sorted(p for p in spool.iterdir() if p.suffix == ".json")
-        except OSError:
-            return
-        for p in names:
-            try:
-                record = json.loads(p.read_text())
-            except (OSError, ValueError):
-                record = admin_record("guard-error", outcome="failure",
-                                      message=f"unreadable spooled record {p.name}")
-            self._log(record)
-            p.unlink(missing_ok=True)
 
     # --- work ----------------------------------------------------------------------------
     def _work(self) -> None:
@@ -408,14 +391,3 @@ def read_status(config: Config) -> dict[str, Any] | None:
         return status
     finally:
         os.close(fd)
-
-
-def spool_record(config: Config, record: dict[str, Any]) -> Path:
-    """Hand a record to the running agent, which writes it into the chained log."""
-    spool = config.state_dir / "spool"
-    spool.mkdir(parents=True, exist_ok=True, mode=0o700)
-    name = f"{time.time_ns():020d}-{os.getpid()}"
-    tmp = spool / f".{name}.tmp"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, spool / f"{name}.json")
-    return spool / f"{name}.json"

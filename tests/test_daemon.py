@@ -181,7 +181,7 @@ def test_purge(agent, tmp_path):
     assert len(a.vault_items()) == 1
     assert a.cli("quarantine", "purge", "--older-than", "1").returncode == 0
     assert len(a.vault_items()) == 1                      # not older than a day
-    # the agent holds the log; the CLI's records reach it through the spool
+    # the CLI writes into the agent's chained log (the writer locks per record)
     assert wait_until(lambda: "purge" in [r["event"]["action"] for r in a.records()], 5)
 
 

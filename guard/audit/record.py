@@ -16,7 +16,7 @@ from typing import Any
 
 from ..verdict import Action, Decision, Verdict
 
-SCHEMA_VERSION = 1
+from .writer import SCHEMA_VERSION  # one definition, in the writer
 
 
 def actor() -> str:

@@ -12,12 +12,14 @@ Limits (see ``writer`` for the chain itself):
 - Records that are HMAC-signed cannot have their hash checked without the key; they are
   counted in ``VerifyResult.hashes_unchecked`` and only their linkage is checked.
 - With a key, every record must be HMAC-signed: start a fresh log when adding a key.
-- Deleting whole records off the end, or the oldest records (rotation does the same),
-  is not detectable from the files alone; the SIEM's copy is the anchor.
+- Deleting whole records off the end, or the oldest records of a rotated log (rotation
+  drops the oldest file too), is not detectable from the files alone; the SIEM's copy
+  is the anchor. A log that was never rotated must start at seq 1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import os
@@ -27,11 +29,11 @@ import time
 import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Generator, Iterable, Iterator
 
 from . import AuditError
 from .writer import (ALG_HMAC, ALG_PLAIN, ZERO_HASH, canonical_json, chain_digest,
-                     line_digest, record_seq, reverse_lines, rotated_numbers, rotated_path)
+                     line_digest, record_seq, rotated_numbers, rotated_path)
 
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _SEQ_HINT = re.compile(rb'"seq":(\d{1,18})[,}]')
@@ -80,7 +82,7 @@ def verify_log(path: Path, key: bytes | None = None) -> VerifyResult:
     files = log_files(path)
     if not files:
         raise AuditError("no audit log here", path=str(path))
-    check = _ChainCheck(key)
+    check = _ChainCheck(key, never_rotated=files == [path])
     for f in files:
         try:
             with open(f, "rb") as fh:
@@ -95,8 +97,9 @@ def verify_log(path: Path, key: bytes | None = None) -> VerifyResult:
 class _ChainCheck:
     """Feeds lines in log order; keeps the last trusted record to judge the next one."""
 
-    def __init__(self, key: bytes | None) -> None:
+    def __init__(self, key: bytes | None, never_rotated: bool) -> None:
         self.key = key
+        self.never_rotated = never_rotated    # so the first record must be seq 1
         self.problems: list[Problem] = []
         self.records = 0
         self.unchecked = 0
@@ -211,6 +214,10 @@ class _ChainCheck:
         if seq == 1 and prev != ZERO_HASH and self.bad_run == 0:
             self.problems.append(Problem(file, lineno, 1, "the first record's guard.prev "
                                          "is not 64 zeros (edited)"))
+        elif seq > 1 and self.bad_run == 0 and self.never_rotated:
+            self.problems.append(Problem(file, lineno, 1, f"the log starts at seq {seq} and "
+                                         f"has no rotated files: {seq - 1} record(s) "
+                                         f"missing (deleted)"))
         self.last_good, self.bad_run = seq, 0
 
 
@@ -235,27 +242,65 @@ def iter_records(path: Path, follow: bool = False, poll_s: float = 0.2,
                  stop: threading.Event | None = None) -> Iterator[dict[str, Any]]:
     """Records from all of the log's files, oldest first; with ``follow``, then new ones.
 
-    Follows across rotations (the current file's inode changes: the rest of the old file
-    is read first, then any rotated file it missed, then the new file) and truncation.
-    Ends when ``stop`` is set (checked every ``poll_s``). Never yields a record twice
-    (by ``guard.seq``). A line that is not JSON is yielded as
-    ``{"event": {"action": "unparseable-line"}, "message": <its text>}``; a last line
-    still being written is held back until complete. Does not verify the chain.
+    Follows across rotations (inode change: the rest of the old file is read, then the
+    new one) and in-place truncation. Whenever the next record's seq skips ahead (several
+    rotations between polls, a rename race), the missing ones are read from the rotated
+    files first, so records come in seq order, each once. Records rotated out (``keep``)
+    before they were read are skipped. Ends when ``stop`` is set (checked every
+    ``poll_s``). A line that is not JSON is yielded as ``{"event": {"action":
+    "unparseable-line"}, "message": <its text>}``; a last line still being written is held
+    back until complete. Does not verify the chain: that is ``verify_log``.
     """
     path = Path(path)
     seen = _SeqFilter()
-    tail = _Tail(path)      # pinned before listing, so a rotation now cannot skip records
+    tail = _Tail(path)      # pinned before listing: a rotation now cannot hide its records
     try:
-        for f in [f for f in log_files(path) if f != path]:
-            yield from seen.admit_all(_records_in(f))
-        yield from seen.admit_all(_parse(line, path) for line in tail.read())
+        yield from _read_rotated(path, seen)
+        yield from _admit_in_order(tail.read(), path, seen)
         while follow and not _wait(stop, poll_s):
-            lines, rotated = tail.poll()
-            yield from seen.admit_all(_parse(line, path) for line in lines)
-            if rotated:
-                yield from seen.admit_all(_missed_by_rotation(path, seen.last))
+            yield from _admit_in_order(tail.poll(), path, seen)
     finally:
         tail.close()
+
+
+def _admit_in_order(lines: list[bytes], path: Path, seen: "_SeqFilter"
+                    ) -> Iterator[dict[str, Any]]:
+    """Records of the current file's new lines, filling any seq gap from rotated files."""
+    for raw in lines:
+        rec = _parse(raw, path)
+        seq = _seq_of(rec)
+        if seq is not None and seen.last is not None and seq > seen.last + 1:
+            yield from _read_rotated(path, seen)
+        yield from seen.admit_all([rec])
+
+
+def _read_rotated(path: Path, seen: "_SeqFilter") -> Iterator[dict[str, Any]]:
+    """Rotated records after the last one yielded, in order.
+
+    A seq jump inside them usually means a concurrent rotation renamed a file past the
+    walk: look again (3 times without progress at most), then accept the jump (records
+    rotated out, or deleted).
+    """
+    misses = 0
+    while misses < 3:
+        before = seen.last
+        jumped = yield from _admit_contiguous(_rotated_records(path, before), seen)
+        if not jumped:
+            return
+        misses = misses + 1 if seen.last == before else 0
+    yield from seen.admit_all(_rotated_records(path, seen.last))
+
+
+def _admit_contiguous(records: Generator[dict[str, Any], None, None], seen: "_SeqFilter"
+                      ) -> Generator[dict[str, Any], None, bool]:
+    """Admit records until one skips a seq; returns whether that happened."""
+    with contextlib.closing(records):
+        for rec in records:
+            seq = _seq_of(rec)
+            if seq is not None and seen.last is not None and seq > seen.last + 1:
+                return True
+            yield from seen.admit_all([rec])
+    return False
 
 
 class _SeqFilter:
@@ -264,14 +309,13 @@ class _SeqFilter:
     def __init__(self) -> None:
         self.last: int | None = None
 
-    def admit_all(self, records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def admit_all(self, records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for rec in records:
-            chain = rec.get("guard")
-            seq = chain.get("seq") if isinstance(chain, dict) else None
-            if type(seq) is not int:
+            seq = _seq_of(rec)
+            if seq is None:
                 yield rec
                 continue
-            if seq == 1 and chain.get("prev") == ZERO_HASH:
+            if seq == 1 and rec["guard"].get("prev") == ZERO_HASH:
                 self.last = None   # the log was started afresh
             if self.last is None or seq > self.last:
                 self.last = seq
@@ -283,7 +327,7 @@ class _Tail:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.fh: Any = None
+        self.fh: BinaryIO | None = None
         self.ident: tuple[int, int] | None = None
         self.buf = b""
         self._open()
@@ -305,25 +349,22 @@ class _Tail:
         *lines, self.buf = self.buf.split(b"\n")
         return lines
 
-    def poll(self) -> tuple[list[bytes], bool]:
-        """(new lines, whether the file was rotated and the new one is now open)."""
+    def poll(self) -> list[bytes]:
+        """New lines; after a rotation, the old file's last ones then the new file's."""
         lines = self.read()
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            return lines, False          # mid-rotation: the new file is not there yet
-        if self.fh is None:
-            self._open()
-            return lines + self.read(), False
-        if (st.st_dev, st.st_ino) != self.ident:
+            return lines                 # mid-rotation: the new file is not there yet
+        if self.fh is None or (st.st_dev, st.st_ino) != self.ident:
             lines += self.read()         # the old file's last words, then switch
             self.close()
             self._open()
-            return lines, True
+            return lines + self.read()
         if st.st_size < self.fh.tell():  # truncated in place: start over
             self.fh.seek(0)
             self.buf = b""
-        return lines, False
+        return lines
 
     def close(self) -> None:
         if self.fh is not None:
@@ -331,32 +372,56 @@ class _Tail:
             self.fh = None
 
 
-def _missed_by_rotation(path: Path, last: int | None) -> Iterator[dict[str, Any]]:
-    """Records in rotated files newer than ``last`` (several rotations between polls)."""
-    if last is None:
-        return
-    newer: list[Path] = []
-    for n in rotated_numbers(path):           # newest first
-        f = rotated_path(path, n)
-        try:
-            tail_seq = next((s for s in map(record_seq, reverse_lines(f)) if s), None)
-        except OSError:
-            continue
-        if tail_seq is not None and tail_seq <= last:
-            break
-        newer.append(f)
-    for f in reversed(newer):
-        yield from _records_in(f)
+def _rotated_records(path: Path, after: int | None) -> Generator[dict[str, Any], None, None]:
+    """Records of the rotated files holding seqs above ``after`` (all when None), in order.
 
-
-def _records_in(f: Path) -> Iterator[dict[str, Any]]:
+    Opens files newest first and keeps the descriptors, so names shifting under a
+    concurrent rotation cannot make a file be read twice or out of order: duplicates are
+    dropped by inode, and files are ordered by their first seq, not by name.
+    """
+    opened: list[tuple[float, BinaryIO]] = []
+    inodes: set[tuple[int, int]] = set()
     try:
-        with open(f, "rb") as fh:
+        for n in rotated_numbers(path):
+            try:
+                fh = open(rotated_path(path, n), "rb")
+            except FileNotFoundError:
+                continue
+            st = os.fstat(fh.fileno())
+            if (st.st_dev, st.st_ino) in inodes:
+                fh.close()
+                continue
+            inodes.add((st.st_dev, st.st_ino))
+            first = _first_seq(fh)
+            opened.append((float("inf") if first is None else first, fh))
+            if after is not None and first is not None and first <= after + 1:
+                break                    # this file holds the start of the gap
+        opened.sort(key=lambda pair: pair[0])
+        for _, fh in opened:
             for raw in fh:
                 if raw.endswith(b"\n"):
-                    yield _parse(raw[:-1], f)
-    except FileNotFoundError:
-        return   # rotated away while we listed: its records come from the next file
+                    yield _parse(raw[:-1], Path(fh.name))
+    finally:
+        for _, fh in opened:
+            fh.close()
+
+
+def _first_seq(fh: BinaryIO) -> int | None:
+    """Seq of the first record in an open file (rewound afterwards)."""
+    try:
+        for raw in fh:
+            seq = record_seq(raw)
+            if seq is not None:
+                return seq
+        return None
+    finally:
+        fh.seek(0)
+
+
+def _seq_of(rec: dict[str, Any]) -> int | None:
+    chain = rec.get("guard")
+    seq = chain.get("seq") if isinstance(chain, dict) else None
+    return seq if type(seq) is int else None
 
 
 def _parse(raw: bytes, f: Path) -> dict[str, Any]:

@@ -16,8 +16,10 @@ Limits:
   the log's writers-by-hand, e.g. root-only config), such a rewrite is detected.
 - Deleting whole records off the end, or whole oldest files, looks like a shorter log.
   The SIEM's copy is the external anchor for both.
-- One writing process per log: a lock file ``<log>.lock`` refuses a second writer, since
-  two chains interleaved in one file would break it. Threads share one ``AuditLog``.
+- Several processes may write one log (the daemon, and ``guard`` commands logging a
+  restore): each write holds ``flock`` on ``<log>.lock`` and first catches up with
+  whatever the others appended or rotated. Threads share one ``AuditLog``. An external
+  log rotator (logrotate) must not touch the files: rotation is built in.
 - Strings are made valid Unicode (lone surrogates from undecodable file names become
   U+FFFD); callers keep exact bytes in ``*_b64`` fields (``file.path_b64``). ``bytes``
   values are written as base64 text.
@@ -26,6 +28,7 @@ Limits:
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import enum
 import errno
@@ -90,7 +93,7 @@ def rotated_numbers(path: Path) -> list[int]:
     """Numbers N of the existing ``<path>.N`` files, ascending (1 is the newest)."""
     try:
         names = os.listdir(path.parent)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
     prefix = path.name + "."
     nums = [int(n[len(prefix):]) for n in names
@@ -153,15 +156,15 @@ def jsonable(value: Any, depth: int = 0) -> Any:
         return "<too deep>"
     if value is None or isinstance(value, bool):
         return value
-    if isinstance(value, int) and not isinstance(value, enum.Enum):
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value, depth + 1)
+    if isinstance(value, int):
         # Past 64 bits no SIEM field holds it (and huge ints make json.dumps raise).
         if value.bit_length() <= 64:
             return int(value)
         return str(value) if value.bit_length() < 10_000 else "<huge int>"
     if isinstance(value, str):
         return clean_text(value)
-    if isinstance(value, enum.Enum):
-        return jsonable(value.value, depth + 1)
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, dict):
@@ -210,8 +213,11 @@ class AuditLog:
     so after a kill at any step the newest record is still the last line of ``path`` or,
     when ``path`` is missing or empty, of the lowest-numbered rotated file.
 
-    Raises AuditError when the log cannot be opened (folder not creatable, locked by
-    another process). ``max_bytes`` < 1 or ``keep`` < 1 is a ValueError (config bug).
+    With ``key``, ``guard.hash`` is an HMAC-SHA256: a rewrite by someone without the key
+    is detected by ``verify_log(path, key=key)``.
+
+    Raises AuditError when the log cannot be opened (folder not creatable, unwritable).
+    ``max_bytes`` < 1 or ``keep`` < 1 is a ValueError (a config bug, caught by config.py).
     """
 
     def __init__(self, path: Path, max_bytes: int = 50 * 1024 * 1024, keep: int = 10,
@@ -249,19 +255,22 @@ class AuditLog:
         """Append one record; returns it as written (sanitised, with defaults and chain).
 
         Adds ``@timestamp``, ``ecs.version``, ``host.hostname`` and ``schema_version``
-        unless present; always sets ``guard.seq/prev/alg/hash``. Blocks for the fsync.
-        Raises AuditError (log unchanged, sequence not advanced) when the write fails.
+        unless present; always sets ``guard.seq/prev/alg/hash``. Blocks for the fsync and
+        while another process writes. Raises AuditError (log unchanged, sequence not
+        advanced) when the write fails.
         """
         with self._lock:
-            if self._fd is None:
+            if self._fd is None or self._lock_fd is None:
                 raise AuditError("audit log is closed", path=str(self.path))
-            rec, line = self._seal(record)
-            if self._size > 0 and self._size + len(line) > self.max_bytes:
-                self._rotate()
-            self._append(line)
-            self._seq += 1
-            self._prev = line_digest(line[:-1])
-            return rec
+            with _flocked(self._lock_fd):
+                try:
+                    repaired = self._catch_up()
+                except OSError as e:
+                    raise AuditError(f"cannot write audit record: {e.strerror or e}",
+                                     path=str(self.path)) from e
+                if repaired is not None:
+                    self._write_locked(repaired)
+                return self._write_locked(record)
 
     @property
     def seq(self) -> int:
@@ -288,12 +297,52 @@ class AuditLog:
 
     def _open(self) -> None:
         _make_dirs(self.path.parent)
-        self._lock_fd = _take_lock(self.path)
-        self._fd = self._open_current()
+        self._lock_fd = _open_lock_file(self.path)
+        with _flocked(self._lock_fd):
+            self._fd = self._open_current()
+            repaired = self._repair_torn_tail()
+            self._seq, self._prev = self._resume_point()
+            if repaired is not None:
+                with self._lock:
+                    self._write_locked(repaired)
+
+    def _catch_up(self) -> dict[str, Any] | None:
+        """Under the file lock: follow what other processes did since our last write.
+
+        Reopens ``path`` when it was rotated away (or removed), re-reads the last record
+        when the file grew, and cuts a torn tail a crashed writer left (returning the
+        repair record to write). Costs one stat when nobody else wrote.
+        """
+        assert self._fd is not None
+        if self._bad_tail_at is not None:   # our own failed write: finish undoing it
+            os.ftruncate(self._fd, self._bad_tail_at)
+            self._bad_tail_at = None
+        mine = os.fstat(self._fd)
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            now = None
+        if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+            if now.st_size == self._size:
+                return None
+            self._size = now.st_size
+        else:
+            os.close(self._fd)
+            self._fd = None
+            self._fd = self._open_current()
         repaired = self._repair_torn_tail()
         self._seq, self._prev = self._resume_point()
-        if repaired is not None:
-            self.write(repaired)
+        return repaired
+
+    def _write_locked(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Seal, rotate if needed, append; the caller holds both locks."""
+        rec, line = self._seal(record)
+        if self._size > 0 and self._size + len(line) > self.max_bytes:
+            self._rotate()
+        self._append(line)
+        self._seq += 1
+        self._prev = line_digest(line[:-1])
+        return rec
 
     def _open_current(self) -> int:
         """Open (creating with mode 0640) the current file for appending; sync the folder."""
@@ -379,9 +428,6 @@ class AuditLog:
         assert self._fd is not None
         start = self._size
         try:
-            if self._bad_tail_at is not None:
-                os.ftruncate(self._fd, self._bad_tail_at)
-                self._bad_tail_at = None
             _write_all(self._fd, line)
             if self.fsync:
                 os.fsync(self._fd)
@@ -397,7 +443,7 @@ class AuditLog:
             if os.fstat(self._fd).st_size != size:
                 os.ftruncate(self._fd, size)
         except OSError:
-            self._bad_tail_at = size  # retried before the next write
+            self._bad_tail_at = size  # retried by _catch_up before the next write
 
     # -- rotation --
 
@@ -482,19 +528,20 @@ def _make_dirs(folder: Path) -> None:
         os.chmod(d, DIR_MODE)
 
 
-def _take_lock(path: Path) -> int:
-    """Exclusive lock on ``<path>.lock`` for this writer's lifetime."""
-    lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+def _open_lock_file(path: Path) -> int:
+    """The descriptor of ``<path>.lock``, which every writing process flocks per write."""
+    return os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                   FILE_MODE)
+
+
+@contextlib.contextmanager
+def _flocked(fd: int) -> Iterator[None]:
+    """Hold an exclusive flock on ``fd`` (blocks while another process writes)."""
+    fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
-            raise AuditError(f"audit log is in use by another process (lock {lock_path})",
-                             path=str(path)) from e
-        raise
-    return fd
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _sync_dir(folder: Path) -> None:
