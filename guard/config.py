@@ -55,6 +55,13 @@ class Config:
     log_clean: bool = False         # also log a record for every clean file scanned
     log_max_mb: float = 50.0
     log_keep: int = 10
+    # launch control
+    launch_control: str = "auto"    # auto | fanotify | monitor | off
+    decision_timeout_s: float = 1.0
+    fail_mode: str = "open"         # open: allow when undecided in time; closed: deny
+    launch_extra_paths: tuple[Path, ...] = ()
+    process_poll_s: float = 0.1
+    break_glass_file: Path = Path("/var/lib/guard/break-glass")
     # people
     notify: str = "auto"            # auto | none | file:PATH (tests, kiosks)
     meeting_apps: tuple[str, ...] = DEFAULT_MEETING_APPS
@@ -89,12 +96,14 @@ def _default_paths() -> dict[str, Path]:
         return {"quarantine_dir": Path("/var/lib/guard/quarantine"),
                 "log_file": Path("/var/log/guard/audit.jsonl"),
                 "allowlist": Path("/etc/guard/allowlist.toml"),
-                "state_dir": Path("/var/lib/guard")}
+                "state_dir": Path("/var/lib/guard"),
+                "break_glass_file": Path("/var/lib/guard/break-glass")}
     data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "guard"
     state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "guard"
     conf = default_config_path().parent
     return {"quarantine_dir": data / "quarantine", "log_file": state / "audit.jsonl",
-            "allowlist": conf / "allowlist.toml", "state_dir": state}
+            "allowlist": conf / "allowlist.toml", "state_dir": state,
+            "break_glass_file": state / "break-glass"}
 
 
 def embedded_default() -> Config:
@@ -182,8 +191,10 @@ _SIMPLE: dict[str, tuple[type, ...]] = {
     "yara_timeout_s": (int, float), "quarantine_suspicious": (bool,), "log_clean": (bool,),
     "log_max_mb": (int, float), "log_keep": (int,), "notify": (str,),
     "meeting_linger_s": (int, float), "meeting_poll_s": (int, float),
+    "launch_control": (str,), "decision_timeout_s": (int, float), "fail_mode": (str,),
+    "process_poll_s": (int, float), "break_glass_file": (str,),
 }
-_LISTS = {"rules", "exclude", "meeting_apps"}
+_LISTS = {"rules", "exclude", "meeting_apps", "launch_extra_paths"}
 
 
 def _expand(value: str) -> Path:
@@ -223,8 +234,19 @@ def _build(raw: dict[str, Any], text: str, source: str) -> Config:
     notify = values.get("notify", "auto")
     if notify not in ("auto", "none") and not notify.startswith("file:"):
         raise fail("notify must be auto, none or file:PATH", "notify")
+    if values.get("launch_control", "auto") not in ("auto", "fanotify", "monitor", "off"):
+        raise fail("launch_control must be auto, fanotify, monitor or off", "launch_control")
+    if values.get("fail_mode", "open") not in ("open", "closed"):
+        raise fail("fail_mode must be open or closed", "fail_mode")
+    for key in ("decision_timeout_s", "process_poll_s"):
+        if key in values and values[key] <= 0:
+            raise fail(f"{key} must be more than 0", key)
     for key in ("quarantine_dir", "log_file", "allowlist", "state_dir"):
         values[key] = _expand(values[key]) if key in values else base[key]
+    values["break_glass_file"] = _expand(values["break_glass_file"]) if \
+        "break_glass_file" in values else values["state_dir"] / "break-glass"
+    if "launch_extra_paths" in values:
+        values["launch_extra_paths"] = tuple(_expand(r) for r in values["launch_extra_paths"])
     if "rules" in values:
         values["rules"] = tuple(_expand(r) for r in values["rules"])
     watches = []

@@ -62,6 +62,8 @@ class _Handler(FileSystemEventHandler):
             elif isinstance(event, (DirCreatedEvent, DirMovedEvent)):
                 # files written before the new folder's watch existed get no events
                 target = event.dest_path if isinstance(event, DirMovedEvent) else event.src_path
+                if w.on_new_folder is not None:
+                    w.on_new_folder(os.fsdecode(target))
                 w.sweep_folder(Path(os.fsdecode(target)), self.folder, "new-folder")
         except Exception as exc:   # a handler must never kill the observer thread
             w.errors.append(f"watch handler: {type(exc).__name__}: {exc}")
@@ -71,8 +73,10 @@ class FolderWatcher:
     """Owns one watchdog Observer and a settle timer thread."""
 
     def __init__(self, folders: Iterable[WatchFolder], on_ready: OnReady,
-                 exclude: Iterable[str] = (), settle_s: float = 0.5):
+                 exclude: Iterable[str] = (), settle_s: float = 0.5,
+                 on_new_folder: Callable[[str], None] | None = None):
         self.folders = tuple(folders)
+        self.on_new_folder = on_new_folder
         self.on_ready = on_ready
         self.excluded = Excluder(exclude)
         self.settle_s = settle_s
@@ -86,9 +90,6 @@ class FolderWatcher:
         self._timer: threading.Thread | None = None
 
     def start(self) -> None:
-        from watchdog.events import (DirCreatedEvent as DC, DirMovedEvent as DM,
-                                     FileClosedEvent as FC, FileCreatedEvent as FCr,
-                                     FileModifiedEvent as FMo, FileMovedEvent as FM)
         self._observer = Observer()
         self._observer.daemon = True
         for folder in self.folders:
@@ -98,7 +99,9 @@ class FolderWatcher:
             try:
                 self._observer.schedule(_Handler(self, folder), os.fspath(folder.path),
                                         recursive=True,
-                                        event_filter=[FC, FM, FCr, FMo, DC, DM])
+                                        event_filter=[FileClosedEvent, FileMovedEvent,
+                                                      FileCreatedEvent, FileModifiedEvent,
+                                                      DirCreatedEvent, DirMovedEvent])
                 self.watching.append(folder)
             except OSError as exc:
                 self.errors.append(f"{folder.path}: cannot watch: {exc.strerror or exc}")
