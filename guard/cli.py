@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="switch the agent to monitor mode at once (root), or back")
     bg.add_argument("state", choices=["on", "off", "status"])
 
+    from . import allow_cli
+    allow_cli.add_parser(sub, [cfg])
+
     rules = sub.add_parser("rules", help="YARA rule tools")
     rsub = rules.add_subparsers(dest="rules_command", metavar="ACTION")
     check = rsub.add_parser("check", help="compile rule folders and list every broken file")
@@ -141,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("quarantine", "restore"): cmd_q_restore, ("quarantine", "purge"): cmd_q_purge,
         ("log", "verify"): cmd_log_verify, ("log", "tail"): cmd_log_tail,
         ("break-glass", None): cmd_break_glass,
+        ("allow", None): lambda a: _allow(a),
     }
     sub_action = (getattr(args, "rules_command", None) or getattr(args, "q_command", None)
                   or getattr(args, "log_command", None) or getattr(args, "config_command", None))
@@ -505,3 +509,8 @@ def cmd_break_glass(args: argparse.Namespace) -> int:
     now = "monitor mode in force" if args.state == "on" else "configured mode restored"
     print(f"break-glass {args.state}: {now}")
     return EXIT_CLEAN
+
+
+def _allow(args: argparse.Namespace) -> int:
+    from . import allow_cli
+    return allow_cli.dispatch(args, _config(args))

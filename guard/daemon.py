@@ -97,6 +97,11 @@ class Daemon:
         self.meeting = MeetingMonitor(config.meeting_apps, config.meeting_linger_s,
                                       config.meeting_poll_s, on_change=self._meeting_changed)
         self.watcher = self._build_watcher(config)
+        from .policy.allowlist import AllowlistStore
+        self.allowlist = AllowlistStore(config.allowlist)
+        self._allowlist_error = ""
+        self._break_glass_seen = False
+        self.launch = self._build_launch(config)
 
     # --- construction --------------------------------------------------------------------
     def _build_scanner(self, config: Config) -> Scanner:
@@ -107,7 +112,29 @@ class Daemon:
                                           limits=Limits()))
 
     def _build_watcher(self, config: Config) -> FolderWatcher:
-        return FolderWatcher(config.watch, self._offer, config.exclude, config.settle_s)
+        return FolderWatcher(config.watch, self._offer, config.exclude, config.settle_s,
+                             on_new_folder=self._new_folder)
+
+    def _build_launch(self, config: Config):
+        from .actions.launch import LaunchControl
+        roots = [w.path for w in config.watch if Path(w.path).is_dir()] + \
+            [p for p in config.launch_extra_paths if Path(p).is_dir()]
+        return LaunchControl(
+            roots=roots, allowlist=self.allowlist, mode=self.effective_mode,
+            on_denied=self._launch_denied, on_event=self._launch_event,
+            backend=config.launch_control, deadline_s=config.decision_timeout_s,
+            fail_closed=config.fail_mode == "closed", poll_s=config.process_poll_s,
+            break_glass=self.break_glass_on, exclude=self.watcher.excluded)
+
+    def break_glass_on(self) -> bool:
+        return self.config.break_glass_file.exists()
+
+    def effective_mode(self) -> str:
+        """The configured mode, unless the break-glass file forces monitor mode."""
+        return "monitor" if self.break_glass_on() else self.config.mode
+
+    def _new_folder(self, folder: str) -> None:
+        self.launch.mark_folder(folder)
 
     # --- lifecycle -----------------------------------------------------------------------
     def acquire_lock(self) -> None:
@@ -143,6 +170,12 @@ class Daemon:
         self.watcher.start()
         for err in self.watcher.errors:
             self._error(err)
+        self._check_allowlist()
+        self.launch.start()
+        self._log(admin_record("launch-control", message=f"launch control: "
+                               f"{self.launch.backend}" + (f" ({self.launch.why})"
+                                                          if self.launch.why else ""),
+                               backend=self.launch.backend))
         self.meeting.poll()
         self.meeting.start()
         self._housekeeper = threading.Thread(target=self._housekeep, name="guard-sweep",
@@ -169,6 +202,7 @@ class Daemon:
 
     def stop(self) -> None:
         self.write_status("stopping")
+        self.launch.stop()           # first: the kernel allows whatever is still pending
         self.watcher.stop()
         self.meeting.stop()
         self._stop.set()
@@ -207,6 +241,11 @@ class Daemon:
         self.watcher.stop()                 # folders, exclusions or settle time may differ
         self.watcher = self._build_watcher(config)
         self.watcher.start()
+        self.launch.stop()
+        self.allowlist = type(self.allowlist)(config.allowlist)
+        self._check_allowlist()
+        self.launch = self._build_launch(config)
+        self.launch.start()
         self.meeting.apps = frozenset(a.lower() for a in config.meeting_apps)
         self.meeting.linger_s = config.meeting_linger_s
         self._log(admin_record("config-reload", message=f"configuration reloaded from "
@@ -242,7 +281,89 @@ class Daemon:
                 except Exception as exc:
                     self._error(f"sweep failed: {exc}")
                 next_sweep = time.monotonic() + self.config.sweep_interval_s
-            self._sweep_now.wait(1.0)
+            self._check_allowlist()
+            self._check_break_glass()
+            self._sweep_now.wait(0.5)
+
+    def _check_allowlist(self) -> None:
+        """Hot reload: a good edit applies at once; a bad one is refused and logged with
+        file and line, and the last good list stays in force."""
+        changed, error = self.allowlist.reload()
+        if error is not None:
+            text = str(error)
+            if text != self._allowlist_error:
+                self._allowlist_error = text
+                self._error(f"allowlist refused, last good list kept: {text}")
+                self._log(admin_record("allowlist-reload", outcome="failure", message=text))
+            return
+        if changed:
+            self._allowlist_error = ""
+            self.launch.allowlist_changed()
+            cur = self.allowlist.current
+            self._log(admin_record("allowlist-reload", message=f"allowlist loaded: "
+                                   f"{len(cur.entries)} entries", entries=len(cur.entries),
+                                   fingerprint=getattr(cur, "fingerprint", "")))
+
+    def _check_break_glass(self) -> None:
+        on = self.break_glass_on()
+        if on != self._break_glass_seen:
+            self._break_glass_seen = on
+            self._log(admin_record("break-glass", outcome="success", message=(
+                "break-glass file present: monitor mode in force" if on else
+                "break-glass file removed: configured mode restored"),
+                file=str(self.config.break_glass_file), mode=self.effective_mode()))
+            self.write_status("running")
+
+    # --- launch control follow-ups (never on the answering path) ---------------------------
+    def _launch_event(self, r: dict[str, Any]) -> None:
+        if r["allow"]:
+            action = "exec-would-deny" if "would deny" in r["because"] else "exec-allowed"
+        else:
+            action = "exec-denied"
+        if r["how"] in ("fail-open", "fail-closed"):
+            action = "exec-timeout"
+        rec = admin_record(action, outcome="success", message=r["because"], path=r["path"],
+                           decision={"allow": r["allow"], "how": r["how"],
+                                     "because": r["because"], "entry": r["entry"],
+                                     "fail_mode": r["how"] if r["how"].startswith("fail")
+                                     else "", "mode": r["mode"]},
+                           backend=r["backend"], latency_ms=r["latency_ms"],
+                           outcome_detail=r.get("outcome"))
+        rec["event"]["kind"] = "alert" if not r["allow"] else "event"
+        rec["event"]["category"] = ["process"]
+        rec["event"]["type"] = ["denied"] if not r["allow"] else ["allowed"]
+        rec["process"] = r["process"]
+        if r["info"].get("sha256"):
+            rec.setdefault("file", {})["hash"] = {"sha256": r["info"]["sha256"]}
+        rec.pop("user", None)
+        self._log(rec)
+
+    def _launch_denied(self, r: dict[str, Any]) -> None:
+        """Quarantine the file whose launch was denied, and tell the employee."""
+        path = Path(r["path"])
+        info = r["info"]
+        root = next((Path(w.path) for w in self.config.watch
+                     if _is_under(path, Path(w.path))), None)
+        qid = ""
+        if root is not None and info.get("sha256"):
+            expected = Expected(info["dev"], info["ino"], info["size"], info["mtime_ns"],
+                                info["sha256"])
+            try:
+                item = self.vault.quarantine(root, path, expected, {
+                    "verdict": "not-allowlisted", "reasons": [{
+                        "code": "exec-denied", "severity": "malicious",
+                        "message": f"'{path.name}' tried to run and is not on the allowlist."}],
+                    "rules": [], "summary": f"'{path.name}' tried to run and is not on the "
+                    "allowlist.", "source": "launch-control", "process": r["process"]})
+                qid = item.id
+                self.counters.bump("quarantined")
+            except (QuarantineError, OSError) as exc:
+                self._error(f"{path}: quarantine after denied launch failed: {exc}")
+        body = (f"'{path.name}' tried to run and was stopped: it is not on your company's "
+                "list of allowed programs." + (" It was moved to quarantine." if qid else "")
+                + " If you need it, ask your IT or security team to check and allow it.")
+        self.notifier.notify("guard stopped a program", body, path=str(path),
+                             quarantine_id=qid)
 
     # --- work ----------------------------------------------------------------------------
     def _work(self) -> None:
@@ -280,7 +401,7 @@ class Daemon:
             return
         self.counters.bump(verdict.level.value)
         meeting = self.meeting.active
-        decision = decide(verdict, config.mode, meeting, config.quarantine_suspicious)
+        decision = decide(verdict, self.effective_mode(), meeting, config.quarantine_suspicious)
         provenance = self._provenance(job.path)
         qid, error = "", ""
         if decision.action is Action.QUARANTINE:
@@ -359,7 +480,12 @@ class Daemon:
                 "queue_depth": self._queue.qsize(), "meeting": self.meeting.active,
                 "counters": self.counters.to_dict(), "last_error": self.last_error,
                 "rule_errors": self.rule_errors, "quarantine_dir": str(self.config.quarantine_dir),
-                "log_file": str(self.config.log_file)}
+                "log_file": str(self.config.log_file),
+                "effective_mode": self.effective_mode(), "break_glass": self.break_glass_on(),
+                "launch_control": self.launch.status(),
+                "allowlist": {"path": str(self.config.allowlist),
+                              "entries": len(self.allowlist.current.entries),
+                              "error": self._allowlist_error}}
 
     def write_status(self, state: str) -> None:
         path = self.config.state_dir / "status.json"
@@ -391,3 +517,12 @@ def read_status(config: Config) -> dict[str, Any] | None:
         return status
     finally:
         os.close(fd)
+
+
+
+def _is_under(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+        return True
+    except ValueError:
+        return False

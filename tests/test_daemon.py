@@ -223,8 +223,10 @@ def test_log_tampering_is_detected(agent, tmp_path):
     log = tmp_path / "log" / "audit.jsonl"
     lines = log.read_text().splitlines(keepends=True)
     assert a.cli("log", "verify").returncode == 0
+    q = next(i for i, line in enumerate(lines) if '"action":"quarantine"' in line)
+    edited = lines[q].replace('"action":"quarantine"', '"action":"file-scanned"')
     variants = {
-        "edited": lines[:2] + [lines[2].replace("quarantine", "file-scanned", 1)] + lines[3:],
+        "edited": lines[:q] + [edited] + lines[q + 1:],
         "deleted": lines[:2] + lines[3:],
         "reordered": lines[:2] + [lines[3], lines[2]] + lines[4:],
     }

@@ -1,0 +1,331 @@
+"""Launch control: nothing that lives in a watched folder runs unless the allowlist says so.
+
+Two event sources, one policy:
+- Linux with privileges: fanotify permission events, so a launch waits for the answer
+  (blocked before it runs). Cheap questions are answered on the reader thread (the guard
+  itself, non-launch opens, cached decisions); the rest go to a decision pool with a
+  deadline; the fail mode answers whatever misses it.
+- Elsewhere: the portable monitor (psutil polling) suspends and kills in enforce mode.
+
+The answer always goes out first; audit records, quarantine and the employee's
+notification follow on a separate thread, so none of them can delay a launch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ..sources.procpoll import (Launch, ProcessMonitor, interpreter_name, launch_target,
+                                stop_process, under)
+
+_MAX_HASH_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LaunchDecision:
+    allow: bool
+    how: str                 # decided | cache | exempt | fail-open | fail-closed | break-glass
+    because: str
+    entry: str = ""          # "allowlist entry 3 (line 12)" when one matched
+    info: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+def _own_roots() -> tuple[str, ...]:
+    """The guard's own interpreter and package: always allowed, wherever they live."""
+    pkg = Path(__file__).resolve().parents[1]
+    return tuple({os.path.realpath(sys.prefix), os.path.realpath(sys.base_prefix), str(pkg)})
+
+
+class LaunchControl:
+    """Owns the event source and the decision cache. Built and started by the daemon."""
+
+    def __init__(self, *, roots: Iterable[str], allowlist, mode: Callable[[], str],
+                 on_denied: Callable[[dict[str, Any]], None],
+                 on_event: Callable[[dict[str, Any]], None], backend: str = "auto",
+                 deadline_s: float = 1.0, fail_closed: bool = False, poll_s: float = 0.1,
+                 break_glass: Callable[[], bool] = lambda: False,
+                 exclude: Callable[[str], bool] = lambda p: False):
+        self.roots = tuple(os.path.realpath(os.fspath(r)) for r in roots)
+        self.allowlist = allowlist          # AllowlistStore: .current.match(...)
+        self.mode = mode
+        self.on_denied = on_denied          # quarantine + notify (runs on the follow-up thread)
+        self.on_event = on_event            # audit record (follow-up thread)
+        self.requested = backend
+        self.deadline_s = deadline_s
+        self.fail_closed = fail_closed
+        self.poll_s = poll_s
+        self.break_glass = break_glass
+        self.exclude = exclude
+        self.backend = "off"
+        self.why = ""
+        self.pid = os.getpid()
+        self.own = _own_roots()
+        self.test_delay_s = float(os.environ.get("GUARD_TEST_DECISION_DELAY_S", "0") or 0)
+        self._cache: dict[tuple[int, ...], LaunchDecision] = {}
+        self._cache_lock = threading.Lock()
+        self._followup = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-launch")
+        self._fan = None
+        self._mon: ProcessMonitor | None = None
+        # decision details for answered events, by event fd, until _report takes them
+        self._pending_info: dict[int, tuple[LaunchDecision, dict[str, Any], str]] = {}
+        self.stats = {"decisions": 0, "denied": 0, "allowed": 0, "timeouts": 0, "cached": 0}
+
+    # --- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        if self.requested == "off" or not self.roots:
+            self.backend, self.why = "off", "launch control is off"
+            return
+        if self.requested in ("auto", "fanotify"):
+            from ..sources import fanotify
+            ok, why = fanotify.available()
+            if ok:
+                self._fan = fanotify.FanotifyGuard(self._quick, self._decide_fan, self._report,
+                                                   self.deadline_s, self.fail_closed)
+                for root in self.roots:
+                    self._fan.mark_tree(root, self.exclude)
+                self._fan.start()
+                self.backend, self.why = "fanotify", why
+                return
+            if self.requested == "fanotify":
+                self.why = f"fanotify unavailable ({why}); using the portable monitor"
+            else:
+                self.why = f"fanotify unavailable ({why})"
+        self._mon = ProcessMonitor(self.roots, self._on_launch, self.poll_s)
+        self._mon.start()
+        self.backend = "monitor"
+
+    def stop(self) -> None:
+        if self._fan is not None:
+            self._fan.close()          # the kernel allows anything still pending
+            self._fan = None
+        if self._mon is not None:
+            self._mon.stop()
+            self._mon = None
+        self._followup.shutdown(wait=True, cancel_futures=False)
+
+    def mark_folder(self, folder: str) -> None:
+        """A new folder appeared under a watched one: put it under launch control too."""
+        if self._fan is not None:
+            self._fan.mark_tree(folder, self.exclude)
+
+    def allowlist_changed(self) -> None:
+        with self._cache_lock:
+            self._cache.clear()
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"backend": self.backend, "why": self.why, **self.stats}
+        if self._fan is not None:
+            out["fanotify"] = dict(self._fan.stats)
+            out["marked_folders"] = len(self._fan.marked)
+        return out
+
+    # --- shared policy -------------------------------------------------------------------
+    def _policy(self, path: str, fd: int | None, st: os.stat_result) -> LaunchDecision:
+        """Allowlist, mode and break-glass for one launch of *path* (read through *fd*)."""
+        if any(under(path, [r]) for r in self.own):
+            return LaunchDecision(True, "exempt", "the guard's own files")
+        if self.break_glass():
+            return LaunchDecision(True, "break-glass", "break-glass: monitor mode in force")
+        sha256 = _hash(fd, path)
+        signers: tuple[str, ...] = ()
+        current = self.allowlist.current
+        if getattr(current, "has_signers", True) and any(
+                getattr(e, "kind", "") == "signer" for e in getattr(current, "entries", ())):
+            signers = _signers(fd, path)
+        entry = current.match(sha256, path, signers, _dt.date.today())
+        info = {"sha256": sha256, "dev": st.st_dev, "ino": st.st_ino, "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns, "path": path}
+        if entry is not None:
+            where = f"allowlist entry {entry.index + 1} (line {entry.line})"
+            return LaunchDecision(True, "decided", where, where, info)
+        if self.mode() == "enforce":
+            return LaunchDecision(False, "decided", "not on the allowlist, enforce mode",
+                                  info=info)
+        return LaunchDecision(True, "decided", "not on the allowlist, monitor mode (would deny)",
+                              info=info)
+
+    def _cache_key(self, st: os.stat_result) -> tuple[int, ...]:
+        # ctime cannot be set by users: a rewrite in place with the old mtime still misses
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    # --- fanotify --------------------------------------------------------------------------
+    def _quick(self, ev):
+        from ..sources.fanotify import Answer
+        if ev.pid == self.pid or _ppid(ev.pid) == self.pid:
+            return Answer(True, "exempt", "the guard itself")
+        if not ev.is_exec:
+            # An open, not an exec: it matters only when an interpreter opens the script
+            # it was started with (`sh ./x.sh`, `python x.py`).
+            exe = _readlink(f"/proc/{ev.pid}/exe")
+            if not interpreter_name(exe):
+                return Answer(True, "exempt", "not a launch")
+            cmdline = _cmdline(ev.pid)
+            cwd = _readlink(f"/proc/{ev.pid}/cwd")
+            if not cmdline or launch_target("", cmdline, cwd, self.roots) != ev.path():
+                return Answer(True, "exempt", "not a launch")
+        try:
+            st = os.fstat(ev.fd)
+        except OSError:
+            return None
+        with self._cache_lock:
+            hit = self._cache.get(self._cache_key(st))
+        if hit is not None:
+            self.stats["cached"] += 1
+            return Answer(hit.allow, "cache", hit.because)
+        return None
+
+    def _decide_fan(self, ev):
+        from ..sources.fanotify import Answer
+        if self.test_delay_s:
+            time.sleep(self.test_delay_s)        # test hook: a deliberately slow decision
+        st = os.fstat(ev.fd)
+        path = ev.path()
+        d = self._policy(path, ev.fd, st)
+        self.stats["decisions"] += 1
+        if d.how == "decided":
+            with self._cache_lock:
+                self._cache[self._cache_key(st)] = d
+        proc = _process_fields(ev.pid)
+        self._pending_info[ev.fd] = (d, proc, path)
+        return Answer(d.allow, d.how, d.because)
+
+    def _report(self, ev, ans, latency_s: float) -> None:
+        """After the answer went out: hand the record (and a denial's follow-up) over."""
+        d, proc, path = self._pending_info.pop(ev.fd, (None, None, ""))
+        if ans.how in ("exempt",):
+            return
+        if ans.how == "cache" and ans.allow:
+            return                                  # repeated allowed launches: no noise
+        if proc is None:
+            proc = _process_fields(ev.pid)
+        if not path:
+            path = proc.get("target", "")
+        if ans.how in ("fail-open", "fail-closed"):
+            self.stats["timeouts"] += 1
+        self._account(ans.allow)
+        record = {"allow": ans.allow, "how": ans.how, "because": ans.because,
+                  "entry": d.entry if d else "", "process": proc, "path": path,
+                  "info": d.info if d else {}, "latency_ms": round(latency_s * 1000, 3),
+                  "backend": "fanotify", "mode": self.mode()}
+        self._followup.submit(self._follow_up, record)
+
+    # --- portable monitor ----------------------------------------------------------------
+    def _on_launch(self, launch: Launch) -> None:
+        try:
+            fd = os.open(launch.target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            st = os.fstat(fd)
+            with self._cache_lock:
+                d = self._cache.get(self._cache_key(st))
+            how_cached = d is not None
+            if d is None:
+                d = self._policy(launch.target, fd, st)
+                if d.how == "decided":
+                    with self._cache_lock:
+                        self._cache[self._cache_key(st)] = d
+        finally:
+            os.close(fd)
+        outcome = ""
+        if not d.allow:
+            outcome = stop_process(launch)
+        elif how_cached and not d.info.get("sha256"):
+            return
+        self._account(d.allow)
+        record = {"allow": d.allow, "how": "cache" if how_cached else d.how,
+                  "because": d.because, "entry": d.entry, "path": launch.target,
+                  "process": launch.process_fields(), "info": d.info, "outcome": outcome,
+                  "latency_ms": round((time.monotonic() - launch.seen_at) * 1000, 3),
+                  "backend": "monitor", "mode": self.mode()}
+        if d.allow and how_cached:
+            return
+        self._followup.submit(self._follow_up, record)
+
+    # --- follow-up (never on the answering path) -------------------------------------------
+    def _account(self, allow: bool) -> None:
+        self.stats["allowed" if allow else "denied"] += 1
+
+    def _follow_up(self, record: dict[str, Any]) -> None:
+        try:
+            self.on_event(record)
+            if not record["allow"]:
+                self.on_denied(record)
+        except Exception:
+            pass
+
+
+def _hash(fd: int | None, path: str) -> str:
+    h = hashlib.sha256()
+    own = fd is None
+    if own:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        offset = 0
+        while offset < _MAX_HASH_BYTES:
+            chunk = os.pread(fd, 1 << 20, offset)
+            if not chunk:
+                break
+            h.update(chunk)
+            offset += len(chunk)
+    finally:
+        if own:
+            os.close(fd)
+    return h.hexdigest()
+
+
+def _signers(fd: int | None, path: str) -> tuple[str, ...]:
+    try:
+        from ..identify.signer import signers_of
+        from ..identify.filetype import exact_kind
+        data = os.pread(fd, 64 << 20, 0) if fd is not None else Path(path).read_bytes()
+        kind = exact_kind(data[:4096], data[-512:])[0]
+        if kind not in ("pe", "macho", "macho-fat"):
+            return ()
+        info = signers_of(data, kind)
+        return tuple(info.names) if info.verified else ()
+    except Exception:
+        return ()
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            raw = fh.read(65536)
+    except OSError:
+        return []
+    return [os.fsdecode(a) for a in raw.split(b"\0") if a]
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read(1024)
+        return int(stat[stat.rindex(b")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _process_fields(pid: int) -> dict[str, Any]:
+    """ECS process.* for a (still blocked) process, read from /proc."""
+    cmd = _cmdline(pid)
+    exe = _readlink(f"/proc/{pid}/exe")
+    return {"pid": pid, "executable": exe, "name": os.path.basename(exe),
+            "command_line": " ".join(cmd)[:4096], "args": cmd[:64],
+            "parent": {"pid": _ppid(pid)}}

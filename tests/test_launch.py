@@ -1,0 +1,202 @@
+"""Launch control with real execs: fanotify blocks before exec; the portable monitor stops.
+
+Marks are placed only on folders these tests create. Every process started is stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from daemon_support import Agent, wait_until, write_config
+from guard.sources import fanotify
+from guard.sources.procpoll import Launch, stop_process
+
+FAN_OK, FAN_WHY = fanotify.available()
+needs_fanotify = pytest.mark.skipif(not FAN_OK, reason=f"fanotify: {FAN_WHY}")
+
+
+def _tool(folder: Path, name: str = "tool") -> Path:
+    """A real ELF program (a copy of /bin/true) in *folder*."""
+    path = folder / name
+    shutil.copy2("/bin/true", path)
+    os.chmod(path, 0o755)
+    return path
+
+
+def _run(argv, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, **kw)
+
+
+@pytest.fixture
+def launch_agent(tmp_path):
+    running: list[Agent] = []
+
+    def start(mode: str = "enforce", extra: str = "", env: dict | None = None) -> Agent:
+        cfg = write_config(tmp_path, mode, extra)
+        a = Agent(tmp_path, cfg)
+        if env:
+            os.environ.update(env)
+        try:
+            a.start()
+        finally:
+            for k in (env or {}):
+                os.environ.pop(k, None)
+        running.append(a)
+        return a
+
+    yield start
+    for a in running:
+        if a.proc is not None and a.proc.poll() is None:
+            a.stop()
+
+
+def _actions(a: Agent) -> list[str]:
+    return [r["event"]["action"] for r in a.records()]
+
+
+@needs_fanotify
+def test_exec_denied_then_allowed_after_allow_add(launch_agent, tmp_path):
+    a = launch_agent(extra='launch_control = "fanotify"')
+    assert a.status()["launch_control"]["backend"] == "fanotify"
+    tool = _tool(tmp_path / "Downloads")
+    with pytest.raises(PermissionError):
+        subprocess.run([str(tool)], timeout=30)
+    assert wait_until(lambda: "exec-denied" in _actions(a), 5)
+    rec = next(r for r in a.records() if r["event"]["action"] == "exec-denied")
+    assert rec["process"]["pid"] > 0 and rec["file"]["path"] == str(tool)
+    assert rec["guard"]["decision"]["how"] == "decided"
+    assert wait_until(lambda: not tool.exists(), 5)          # denied -> quarantined
+    # the same program, allowlisted by hash, runs
+    again = _tool(tmp_path / "Downloads", "tool2")
+    r = a.cli("allow", "add", str(again), "--reason", "test tool")
+    assert r.returncode == 0, r.stderr
+    assert wait_until(lambda: a.status()["allowlist"]["entries"] == 1, 5)
+    assert _run([str(again)]).returncode == 0
+    assert again.exists()
+
+
+@needs_fanotify
+def test_monitor_mode_runs_and_logs(launch_agent, tmp_path):
+    a = launch_agent(mode="monitor", extra='launch_control = "fanotify"')
+    tool = _tool(tmp_path / "Downloads")
+    assert _run([str(tool)]).returncode == 0
+    assert wait_until(lambda: "exec-would-deny" in _actions(a), 5)
+    assert tool.exists()
+
+
+@needs_fanotify
+@pytest.mark.parametrize("fail_mode,runs", [("open", True), ("closed", False)])
+def test_slow_decision_meets_the_deadline_with_the_fail_mode(launch_agent, tmp_path,
+                                                             fail_mode, runs):
+    a = launch_agent(extra=f'launch_control = "fanotify"\ndecision_timeout_s = 0.3\n'
+                           f'fail_mode = "{fail_mode}"',
+                     env={"GUARD_TEST_DECISION_DELAY_S": "2"})
+    tool = _tool(tmp_path / "Downloads")
+    started = time.monotonic()
+    if runs:
+        assert _run([str(tool)]).returncode == 0
+    else:
+        with pytest.raises(PermissionError):
+            subprocess.run([str(tool)], timeout=30)
+    assert time.monotonic() - started < 1.5                  # answered by the deadline
+    assert wait_until(lambda: "exec-timeout" in _actions(a), 5)
+    rec = next(r for r in a.records() if r["event"]["action"] == "exec-timeout")
+    assert rec["guard"]["decision"]["how"] == f"fail-{fail_mode}"
+
+
+@needs_fanotify
+def test_script_through_interpreter_is_stopped_and_outside_is_untouched(launch_agent,
+                                                                        tmp_path):
+    a = launch_agent(extra='launch_control = "fanotify"')
+    script = tmp_path / "Downloads" / "setup.sh"
+    script.write_text("#!/bin/sh\necho RAN-FROM-DOWNLOADS\n")
+    r = _run(["sh", str(script)])
+    assert r.returncode != 0 and "RAN-FROM-DOWNLOADS" not in r.stdout
+    py = tmp_path / "Downloads" / "tool.py"
+    py.write_text("print('RAN-PY')\n")
+    r = _run([sys.executable, str(py)])
+    assert r.returncode != 0 and "RAN-PY" not in r.stdout
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    ok = outside / "fine.sh"
+    ok.write_text("echo FINE\n")
+    assert _run(["sh", str(ok)]).stdout.strip() == "FINE"
+    assert _run([str(_tool(outside))]).returncode == 0
+    # reading a file in the watched folder is not a launch
+    assert _run(["cat", str(script)]).returncode == 0 or not script.exists()
+    assert wait_until(lambda: _actions(a).count("exec-denied") >= 2, 5)
+
+
+@needs_fanotify
+def test_malformed_allowlist_edit_keeps_the_previous_list(launch_agent, tmp_path):
+    a = launch_agent(extra='launch_control = "fanotify"')
+    tool = _tool(tmp_path / "Downloads")
+    assert a.cli("allow", "add", str(tool), "--reason", "needed").returncode == 0
+    assert wait_until(lambda: a.status()["allowlist"]["entries"] == 1, 5)
+    allowlist = tmp_path / "allowlist.toml"
+    good = allowlist.read_text()
+    allowlist.write_text(good + "\n[[allow]]\nsha256 = \"not-a-hash\"\nreason = \"x\"\n"
+                         "added_by = \"y\"\n")
+    assert wait_until(lambda: a.status()["allowlist"]["error"], 5)
+    err = a.status()["allowlist"]["error"]
+    assert f"{allowlist}:" in err and "sha256" in err
+    line = int(err.split(f"{allowlist}:")[1].split(":")[0])
+    assert allowlist.read_text().splitlines()[line - 1].startswith(("sha256", "[[allow]]"))
+    assert _run([str(tool)]).returncode == 0                  # previous list still in force
+    assert any(r["event"]["action"] == "allowlist-reload" and r["event"]["outcome"] ==
+               "failure" for r in a.records())
+
+
+def test_portable_monitor_stops_a_script_and_leaves_others_alone(launch_agent, tmp_path):
+    a = launch_agent(extra='launch_control = "monitor"\nprocess_poll_s = 0.05')
+    assert a.status()["launch_control"]["backend"] == "monitor"
+    script = tmp_path / "Downloads" / "run.sh"
+    script.write_text("sleep 30\n")
+    outside = subprocess.Popen(["sleep", "30"])
+    inside = subprocess.Popen(["sh", str(script)])
+    try:
+        assert wait_until(lambda: inside.poll() is not None, 5), "not stopped"
+        assert inside.returncode == -signal.SIGKILL
+        assert outside.poll() is None                        # never touched
+        assert wait_until(lambda: "exec-denied" in _actions(a), 5)
+        rec = next(r for r in a.records() if r["event"]["action"] == "exec-denied")
+        assert rec["process"]["pid"] == inside.pid
+    finally:
+        for p in (inside, outside):
+            if p.poll() is None:
+                p.kill()
+            p.wait(5)
+
+
+def test_recycled_pid_is_never_killed():
+    victim = subprocess.Popen(["sleep", "30"])
+    try:
+        real = psutil.Process(victim.pid).create_time()
+        stale = Launch(victim.pid, real - 100.0, "/nowhere", "/bin/sleep", ("sleep",), 1,
+                       "sleep", time.monotonic())
+        assert stop_process(stale) == "pid-recycled"
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait(5)
+
+
+@pytest.mark.parametrize("argv,script", [
+    (["sh", "x.sh", "a"], "x.sh"), (["bash", "-e", "-o", "pipefail", "run.sh"], "run.sh"),
+    (["python3", "-m", "guard", "allow", "add", "/d/tool"], ""),
+    (["python3", "-W", "ignore", "tool.py", "data.txt"], "tool.py"),
+    (["sh", "-c", "cat /d/x.sh", "x"], ""), (["node", "--require", "hook.js", "app.js"], "app.js"),
+    (["perl", "-e", "print 1"], ""), (["python3"], ""), (["sh", "--", "-odd.sh"], "-odd.sh"),
+])
+def test_script_argument(argv, script):
+    from guard.sources.procpoll import script_argument
+    assert script_argument(argv) == script
