@@ -75,6 +75,8 @@ class LaunchControl:
         self._followup = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-launch")
         self._fan = None
         self._mon: ProcessMonitor | None = None
+        # pid -> file key of its last allowed exec: the kernel's own open that follows
+        self._recent_exec: dict[int, tuple[int, ...]] = {}
         # decision details for answered events, by event fd, until _report takes them
         self._pending_info: dict[int, tuple[LaunchDecision, dict[str, Any], str]] = {}
         self.stats = {"decisions": 0, "denied": 0, "allowed": 0, "timeouts": 0, "cached": 0}
@@ -120,6 +122,7 @@ class LaunchControl:
     def allowlist_changed(self) -> None:
         with self._cache_lock:
             self._cache.clear()
+        self._recent_exec.clear()
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"backend": self.backend, "why": self.why, **self.stats}
@@ -159,9 +162,28 @@ class LaunchControl:
 
     # --- fanotify --------------------------------------------------------------------------
     def _quick(self, ev):
+        """On the reader thread: answer what needs no file read. Cheapest checks first,
+        since every exec in a watched folder pays for this path."""
         from ..sources.fanotify import Answer
-        if ev.pid == self.pid or _ppid(ev.pid) == self.pid:
+        if ev.pid == self.pid:
             return Answer(True, "exempt", "the guard itself")
+        try:
+            st = os.fstat(ev.fd)
+        except OSError:
+            return None
+        key = self._cache_key(st)
+        if not ev.is_exec and self._recent_exec.get(ev.pid) == key:
+            # the open the kernel makes for the exec it just asked us about
+            return Answer(True, "exempt", "same exec")
+        if ev.is_exec:
+            with self._cache_lock:
+                hit = self._cache.get(key)
+            if hit is not None and hit.allow:
+                self._remember_exec(ev.pid, key)
+                self.stats["cached"] += 1
+                return Answer(True, "cache", hit.because)
+        if _ppid(ev.pid) == self.pid:
+            return Answer(True, "exempt", "the guard's own child")
         if not ev.is_exec:
             # An open, not an exec: it matters only when an interpreter opens the script
             # it was started with (`sh ./x.sh`, `python x.py`).
@@ -172,16 +194,19 @@ class LaunchControl:
             cwd = _readlink(f"/proc/{ev.pid}/cwd")
             if not cmdline or launch_target("", cmdline, cwd, self.roots) != ev.path():
                 return Answer(True, "exempt", "not a launch")
-        try:
-            st = os.fstat(ev.fd)
-        except OSError:
-            return None
         with self._cache_lock:
-            hit = self._cache.get(self._cache_key(st))
+            hit = self._cache.get(key)
         if hit is not None:
             self.stats["cached"] += 1
+            if hit.allow and ev.is_exec:
+                self._remember_exec(ev.pid, key)
             return Answer(hit.allow, "cache", hit.because)
         return None
+
+    def _remember_exec(self, pid: int, key: tuple[int, ...]) -> None:
+        self._recent_exec[pid] = key
+        if len(self._recent_exec) > 1024:
+            self._recent_exec.pop(next(iter(self._recent_exec)))
 
     def _decide_fan(self, ev):
         from ..sources.fanotify import Answer
