@@ -84,6 +84,10 @@ class Daemon:
         self._seen: OrderedDict[str, tuple[int, int, int, int]] = OrderedDict()
         self._stop = threading.Event()
         self._sweep_now = threading.Event()
+        self._overflowed = False           # the watcher dropped files on a full queue
+        self._housekeeper: threading.Thread | None = None
+        self._status_written = 0.0
+        self._status_last: str = ""
         self._reload = threading.Event()
         self._workers: list[threading.Thread] = []
         self._lock_fd: int | None = None
@@ -181,7 +185,7 @@ class Daemon:
         self._housekeeper = threading.Thread(target=self._housekeep, name="guard-sweep",
                                              daemon=True)
         self._housekeeper.start()
-        self._sweep_now.set()          # the start sweep: files that arrived while we were off
+        # the housekeeper's first pass is the start sweep: files that arrived while we were off
         self.write_status("running")
 
     def run_forever(self) -> int:
@@ -196,7 +200,6 @@ class Daemon:
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
-            self.write_status("running")
         self.stop()
         return 0
 
@@ -255,35 +258,69 @@ class Daemon:
 
     # --- intake --------------------------------------------------------------------------
     def _offer(self, path: Path, folder: WatchFolder, why: str) -> None:
-        """From watcher threads: queue a file unless it is queued already. Never blocks."""
+        """Queue a file unless it is queued already or unchanged since its last scan.
+
+        Watcher threads never block: on a full queue the file is dropped and a sweep is
+        scheduled for when the queue has drained. Sweeps (the housekeeper's thread) wait
+        for room instead, so a sweep can never cause another sweep.
+        """
         key = os.fspath(path)
+        if why == "sweep":
+            try:
+                st = os.lstat(path)
+            except OSError:
+                return
+            with self._pending_lock:
+                unchanged = self._seen.get(key) == (st.st_dev, st.st_ino, st.st_size,
+                                                    st.st_mtime_ns)
+            if unchanged:
+                self.counters.bump("skipped_unchanged")
+                return
         with self._pending_lock:
             if key in self._pending:
                 return
             self._pending.add(key)
-        try:
-            self._queue.put_nowait(_Job(path, folder, why))
-            self.counters.bump("queued")
-        except queue.Full:
-            with self._pending_lock:
-                self._pending.discard(key)
-            self.counters.bump("dropped")
-            self._sweep_now.set()       # the reconciliation sweep will pick it up
+        job = _Job(path, folder, why)
+        if threading.current_thread() is self._housekeeper:
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(job, timeout=0.5)
+                    self.counters.bump("queued")
+                    return
+                except queue.Full:
+                    continue
+        else:
+            try:
+                self._queue.put_nowait(job)
+                self.counters.bump("queued")
+                return
+            except queue.Full:
+                self.counters.bump("dropped")
+                self._overflowed = True
+        with self._pending_lock:
+            self._pending.discard(key)
 
     def _housekeep(self) -> None:
         next_sweep = time.monotonic()
+        last_sweep = 0.0
         while not self._stop.is_set():
-            if self._sweep_now.is_set() or time.monotonic() >= next_sweep:
+            now = time.monotonic()
+            drained = self._queue.qsize() < self.config.queue_size // 2
+            overflow_due = self._overflowed and drained and now - last_sweep >= 2.0
+            if self._sweep_now.is_set() or now >= next_sweep or overflow_due:
                 self._sweep_now.clear()
+                self._overflowed = False
                 try:
                     self.watcher.sweep("sweep")
                     self.counters.bump("sweeps")
                 except Exception as exc:
                     self._error(f"sweep failed: {exc}")
-                next_sweep = time.monotonic() + self.config.sweep_interval_s
+                last_sweep = time.monotonic()
+                next_sweep = last_sweep + self.config.sweep_interval_s
             self._check_allowlist()
             self._check_break_glass()
-            self._sweep_now.wait(0.5)
+            self._maybe_write_status()
+            self._sweep_now.wait(1.0)
 
     def _check_allowlist(self) -> None:
         """Hot reload: a good edit applies at once; a bad one is refused and logged with
@@ -368,7 +405,11 @@ class Daemon:
     # --- work ----------------------------------------------------------------------------
     def _work(self) -> None:
         while True:
-            job = self._queue.get()
+            try:
+                job = self._queue.get(timeout=5.0)
+            except queue.Empty:
+                _release_memory()             # idle: give freed heap back to the OS
+                continue
             if job is None:
                 return
             with self._pending_lock:
@@ -487,11 +528,21 @@ class Daemon:
                               "entries": len(self.allowlist.current.entries),
                               "error": self._allowlist_error}}
 
-    def write_status(self, state: str) -> None:
+    def _maybe_write_status(self) -> None:
+        """Rewrite status.json when something changed, else every 10 s as a heartbeat."""
+        status = self.status("running")
+        digest = json.dumps({k: v for k, v in status.items() if k != "updated_at"},
+                            sort_keys=True, default=str)
+        if digest != self._status_last or time.monotonic() - self._status_written >= 10.0:
+            self._status_last = digest
+            self._status_written = time.monotonic()
+            self.write_status("running", status)
+
+    def write_status(self, state: str, status: dict[str, Any] | None = None) -> None:
         path = self.config.state_dir / "status.json"
         tmp = path.with_name(f".status.{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps(self.status(state), indent=1))
+            tmp.write_text(json.dumps(status or self.status(state), indent=1))
             os.replace(tmp, path)
         except OSError as exc:
             self.last_error = f"status file: {exc}"
@@ -526,3 +577,12 @@ def _is_under(path: Path, root: Path) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _release_memory() -> None:
+    """glibc keeps freed heap for reuse; after a burst of large files, return it."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

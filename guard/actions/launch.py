@@ -182,8 +182,6 @@ class LaunchControl:
                 self._remember_exec(ev.pid, key)
                 self.stats["cached"] += 1
                 return Answer(True, "cache", hit.because)
-        if _ppid(ev.pid) == self.pid:
-            return Answer(True, "exempt", "the guard's own child")
         if not ev.is_exec:
             # An open, not an exec: it matters only when an interpreter opens the script
             # it was started with (`sh ./x.sh`, `python x.py`).
@@ -194,6 +192,8 @@ class LaunchControl:
             cwd = _readlink(f"/proc/{ev.pid}/cwd")
             if not cmdline or launch_target("", cmdline, cwd, self.roots) != ev.path():
                 return Answer(True, "exempt", "not a launch")
+        if _ppid(ev.pid) == self.pid:
+            return Answer(True, "exempt", "the guard's own child")
         with self._cache_lock:
             hit = self._cache.get(key)
         if hit is not None:

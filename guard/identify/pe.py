@@ -36,8 +36,16 @@ class PeFacts:
 def inspect_pe(data: bytes) -> PeFacts:
     """Parse headers only (fast_load). Raises ``pefile.PEFormatError`` when malformed."""
     # Not closed: close() only unmaps files and then runs a full gc.collect() (~10 ms);
-    # built from bytes there is nothing to unmap.
+    # built from bytes there is nothing to unmap. But the PE object sits in a reference
+    # cycle holding the file's bytes until the cycle collector runs: break it ourselves.
     pe = pefile.PE(data=data, fast_load=True)
+    try:
+        return _facts(pe, data)
+    finally:
+        pe.__dict__.clear()
+
+
+def _facts(pe: pefile.PE, data: bytes) -> PeFacts:
     fh, oh = pe.FILE_HEADER, pe.OPTIONAL_HEADER
     dirs = oh.DATA_DIRECTORY
     security = dirs[pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_SECURITY"]] \

@@ -17,6 +17,7 @@ import os
 import stat
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -90,6 +91,10 @@ class FolderWatcher:
         self._timer: threading.Thread | None = None
 
     def start(self) -> None:
+        # watchdog warns, with its whole watch table, each time a new subfolder is added
+        # under a recursive watch; it is expected here and says nothing useful.
+        warnings.filterwarnings("ignore", message=".*already exists.*", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message=".*already exists.*", category=UserWarning)
         self._observer = Observer()
         self._observer.daemon = True
         for folder in self.folders:
