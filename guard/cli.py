@@ -332,6 +332,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"  queue {status['queue_depth']}; scanned {c['scanned']}: {c['malicious']} "
           f"malicious, {c['suspicious']} suspicious; quarantined {c['quarantined']}; "
           f"errors {c['errors']}")
+    lc = status.get("launch_control") or {}
+    if lc:
+        print(f"  launch control: {lc.get('backend')}"
+              + (f" ({lc['why']})" if lc.get("why") else "")
+              + f"; {lc.get('denied', 0)} denied, {lc.get('allowed', 0)} allowed, "
+              f"{lc.get('timeouts', 0)} answered by the fail mode")
+    al = status.get("allowlist") or {}
+    if al:
+        print(f"  allowlist: {al.get('entries', 0)} entries from {al.get('path')}"
+              + (f"; REFUSED EDIT: {al['error']}" if al.get("error") else ""))
+    if status.get("break_glass"):
+        print("  BREAK-GLASS: monitor mode in force")
     if status.get("last_error"):
         print(f"  last error: {status['last_error']}")
     return EXIT_CLEAN
