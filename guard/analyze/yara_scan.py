@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import yara
 
 from ..errors import RuleError
+from ..identify.names import valid_text
 from ..verdict import Level
 
 RULE_SUFFIXES = (".yar", ".yara")
@@ -83,7 +84,7 @@ class RuleSet:
         """Match *data*. Raises ``TimeoutError`` when the scan exceeds *timeout_s*."""
         if self._rules is None:
             return []
-        ext = {k: _valid_text(str(externals.get(k, ""))) for k in EXTERNALS}
+        ext = {k: valid_text(str(externals.get(k, ""))) for k in EXTERNALS}
         try:
             matches = self._rules.match(data=data, externals=ext,
                                         timeout=max(1, int(round(timeout_s))))
@@ -96,15 +97,6 @@ class RuleSet:
         if self._rules is not None:
             self._rules.save(file=buf)
         return buf.getvalue()
-
-
-def _valid_text(text: str) -> str:
-    """Names may hold undecodable bytes (surrogate-escaped); YARA needs valid UTF-8."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def find_rule_files(dirs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[RuleError]]:

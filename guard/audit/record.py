@@ -14,6 +14,7 @@ import pwd
 from pathlib import PurePath
 from typing import Any
 
+from ..identify.names import valid_text
 from ..verdict import Action, Decision, Verdict
 
 from .writer import SCHEMA_VERSION  # one definition, in the writer
@@ -37,10 +38,10 @@ def file_fields(path: str, size: int | None = None, sha256: str = "",
                 uid: int | None = None) -> dict[str, Any]:
     """ECS file.* for a path; exact bytes in file.path_b64 when it is not valid UTF-8."""
     p = PurePath(path)
-    out: dict[str, Any] = {"path": _text(path), "name": _text(p.name),
-                           "directory": _text(str(p.parent))}
+    out: dict[str, Any] = {"path": valid_text(path), "name": valid_text(p.name),
+                           "directory": valid_text(str(p.parent))}
     if p.suffix:
-        out["extension"] = _text(p.suffix[1:].lower())
+        out["extension"] = valid_text(p.suffix[1:].lower())
     if size is not None:
         out["size"] = size
     if sha256:
@@ -53,14 +54,6 @@ def file_fields(path: str, size: int | None = None, sha256: str = "",
     except UnicodeEncodeError:
         out["path_b64"] = base64.b64encode(path.encode("utf-8", "surrogateescape")).decode()
     return out
-
-
-def _text(s: str) -> str:
-    try:
-        s.encode("utf-8")
-        return s
-    except UnicodeEncodeError:
-        return s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def scan_record(decision: Decision, source: str = "", provenance: dict[str, Any] | None = None,

@@ -143,3 +143,13 @@ def printable(name: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+def valid_text(text: str) -> str:
+    """*text* as valid Unicode: undecodable name bytes (surrogate-escaped by
+    os.fsdecode) become U+FFFD. For consumers that need real UTF-8 (YARA, JSON)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
