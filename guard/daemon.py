@@ -85,6 +85,7 @@ class Daemon:
         self._stop = threading.Event()
         self._sweep_now = threading.Event()
         self._overflowed = False           # the watcher dropped files on a full queue
+        self._worked = False               # a job ran since the last heap trim
         self._housekeeper: threading.Thread | None = None
         self._status_written = 0.0
         self._status_last: str = ""
@@ -406,10 +407,13 @@ class Daemon:
     def _work(self) -> None:
         while True:
             try:
-                job = self._queue.get(timeout=5.0)
+                job = self._queue.get(timeout=30.0)
             except queue.Empty:
-                _release_memory()             # idle: give freed heap back to the OS
+                if self._worked:              # idle after work: give freed heap back
+                    self._worked = False
+                    _release_memory()
                 continue
+            self._worked = True
             if job is None:
                 return
             with self._pending_lock:

@@ -219,7 +219,7 @@ class FanotifyGuard:
         poller.register(self._wake_r, select.POLLIN)
         while not self._stop.is_set():
             try:
-                ready = poller.poll(1000)
+                ready = poller.poll()        # close() wakes us through the pipe
             except InterruptedError:
                 continue
             if self._stop.is_set():
@@ -267,7 +267,7 @@ class FanotifyGuard:
         while not self._stop.is_set():
             with self._cv:
                 while not self._heap and not self._stop.is_set():
-                    self._cv.wait(0.5)
+                    self._cv.wait()          # new deadlines and close() notify
                 if self._stop.is_set():
                     return
                 due, fd = self._heap[0]

@@ -147,7 +147,7 @@ class FolderWatcher:
         while not self._stop.is_set():
             with self._cv:
                 while not self._heap and not self._stop.is_set():
-                    self._cv.wait(1.0)
+                    self._cv.wait()          # settle() and stop() notify
                 if self._stop.is_set():
                     return
                 due, path, folder = self._heap[0]
