@@ -407,7 +407,7 @@ class Daemon:
     def _work(self) -> None:
         while True:
             try:
-                job = self._queue.get(timeout=30.0)
+                job = self._queue.get(timeout=10.0)
             except queue.Empty:
                 if self._worked:              # idle after work: give freed heap back
                     self._worked = False
@@ -585,6 +585,8 @@ def _is_under(path: Path, root: Path) -> bool:
 
 def _release_memory() -> None:
     """glibc keeps freed heap for reuse; after a burst of large files, return it."""
+    import gc
+    gc.collect()          # parser objects left in reference cycles hold file buffers
     try:
         import ctypes
         ctypes.CDLL("libc.so.6").malloc_trim(0)
