@@ -52,3 +52,22 @@ def no_thread_leaks():
     assert not leaked, f"threads leaked: {leaked}"
 
 
+
+
+@pytest.fixture
+def agent(tmp_path):
+    """start(mode, extra config lines, env) -> a running agent on tmp_path's folders;
+    every agent started is stopped afterwards."""
+    from daemon_support import Agent, write_config
+
+    running = []
+
+    def start(mode: str = "enforce", extra: str = "", env: dict | None = None):
+        a = Agent(tmp_path, write_config(tmp_path, mode, extra)).start(env)
+        running.append(a)
+        return a
+
+    yield start
+    for a in running:
+        if a.proc is not None and a.proc.poll() is None:
+            a.stop()

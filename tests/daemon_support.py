@@ -46,11 +46,13 @@ class Agent:
     def status_path(self) -> Path:
         return self.base / "state" / "status.json"
 
-    def start(self) -> "Agent":
+    def start(self, env: dict[str, str] | None = None) -> "Agent":
+        """Start the agent (extra environment variables in *env*) and wait until ready."""
         self.status_path.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "guard", "run", "--config", str(self.config)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})})
         deadline = time.monotonic() + STARTUP_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

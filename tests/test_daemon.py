@@ -24,21 +24,6 @@ from test_disguises import CASES
 QUARANTINE_WITHIN_S = 2.0
 
 
-@pytest.fixture
-def agent(tmp_path):
-    running: list[Agent] = []
-
-    def start(mode: str = "enforce", extra: str = "") -> Agent:
-        a = Agent(tmp_path, write_config(tmp_path, mode, extra)).start()
-        running.append(a)
-        return a
-
-    yield start
-    for a in running:
-        if a.proc is not None and a.proc.poll() is None:
-            a.stop()
-
-
 def _drop(folder: Path, name: str, data: bytes) -> Path:
     path = folder / name
     path.write_bytes(data)

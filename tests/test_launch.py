@@ -36,36 +36,13 @@ def _run(argv, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=30, **kw)
 
 
-@pytest.fixture
-def launch_agent(tmp_path):
-    running: list[Agent] = []
-
-    def start(mode: str = "enforce", extra: str = "", env: dict | None = None) -> Agent:
-        cfg = write_config(tmp_path, mode, extra)
-        a = Agent(tmp_path, cfg)
-        if env:
-            os.environ.update(env)
-        try:
-            a.start()
-        finally:
-            for k in (env or {}):
-                os.environ.pop(k, None)
-        running.append(a)
-        return a
-
-    yield start
-    for a in running:
-        if a.proc is not None and a.proc.poll() is None:
-            a.stop()
-
-
 def _actions(a: Agent) -> list[str]:
     return [r["event"]["action"] for r in a.records()]
 
 
 @needs_fanotify
-def test_exec_denied_then_allowed_after_allow_add(launch_agent, tmp_path):
-    a = launch_agent(extra='launch_control = "fanotify"')
+def test_exec_denied_then_allowed_after_allow_add(agent, tmp_path):
+    a = agent(extra='launch_control = "fanotify"')
     assert a.status()["launch_control"]["backend"] == "fanotify"
     tool = _tool(tmp_path / "Downloads")
     with pytest.raises(PermissionError):
@@ -85,8 +62,8 @@ def test_exec_denied_then_allowed_after_allow_add(launch_agent, tmp_path):
 
 
 @needs_fanotify
-def test_monitor_mode_runs_and_logs(launch_agent, tmp_path):
-    a = launch_agent(mode="monitor", extra='launch_control = "fanotify"')
+def test_monitor_mode_runs_and_logs(agent, tmp_path):
+    a = agent(mode="monitor", extra='launch_control = "fanotify"')
     tool = _tool(tmp_path / "Downloads")
     assert _run([str(tool)]).returncode == 0
     assert wait_until(lambda: "exec-would-deny" in _actions(a), 5)
@@ -95,9 +72,9 @@ def test_monitor_mode_runs_and_logs(launch_agent, tmp_path):
 
 @needs_fanotify
 @pytest.mark.parametrize("fail_mode,runs", [("open", True), ("closed", False)])
-def test_slow_decision_meets_the_deadline_with_the_fail_mode(launch_agent, tmp_path,
+def test_slow_decision_meets_the_deadline_with_the_fail_mode(agent, tmp_path,
                                                              fail_mode, runs):
-    a = launch_agent(extra=f'launch_control = "fanotify"\ndecision_timeout_s = 0.3\n'
+    a = agent(extra=f'launch_control = "fanotify"\ndecision_timeout_s = 0.3\n'
                            f'fail_mode = "{fail_mode}"',
                      env={"GUARD_TEST_DECISION_DELAY_S": "2"})
     tool = _tool(tmp_path / "Downloads")
@@ -114,9 +91,9 @@ def test_slow_decision_meets_the_deadline_with_the_fail_mode(launch_agent, tmp_p
 
 
 @needs_fanotify
-def test_script_through_interpreter_is_stopped_and_outside_is_untouched(launch_agent,
+def test_script_through_interpreter_is_stopped_and_outside_is_untouched(agent,
                                                                         tmp_path):
-    a = launch_agent(extra='launch_control = "fanotify"')
+    a = agent(extra='launch_control = "fanotify"')
     script = tmp_path / "Downloads" / "setup.sh"
     script.write_text("#!/bin/sh\necho RAN-FROM-DOWNLOADS\n")
     r = _run(["sh", str(script)])
@@ -137,8 +114,8 @@ def test_script_through_interpreter_is_stopped_and_outside_is_untouched(launch_a
 
 
 @needs_fanotify
-def test_malformed_allowlist_edit_keeps_the_previous_list(launch_agent, tmp_path):
-    a = launch_agent(extra='launch_control = "fanotify"')
+def test_malformed_allowlist_edit_keeps_the_previous_list(agent, tmp_path):
+    a = agent(extra='launch_control = "fanotify"')
     tool = _tool(tmp_path / "Downloads")
     assert a.cli("allow", "add", str(tool), "--reason", "needed").returncode == 0
     assert wait_until(lambda: a.status()["allowlist"]["entries"] == 1, 5)
@@ -156,8 +133,8 @@ def test_malformed_allowlist_edit_keeps_the_previous_list(launch_agent, tmp_path
                "failure" for r in a.records())
 
 
-def test_portable_monitor_stops_a_script_and_leaves_others_alone(launch_agent, tmp_path):
-    a = launch_agent(extra='launch_control = "monitor"\nprocess_poll_s = 0.05')
+def test_portable_monitor_stops_a_script_and_leaves_others_alone(agent, tmp_path):
+    a = agent(extra='launch_control = "monitor"\nprocess_poll_s = 0.05')
     assert a.status()["launch_control"]["backend"] == "monitor"
     script = tmp_path / "Downloads" / "run.sh"
     script.write_text("sleep 30\n")
