@@ -221,7 +221,6 @@ def cmd_scan(args: argparse.Namespace) -> int:
     targets = list(scanner.iter_targets(args.paths))
     to_scan = [p for p, ready in targets if ready is None]
     jobs = args.jobs if args.jobs > 0 else (os.cpu_count() or 1)
-    results: dict[str, Verdict] = {}
     if jobs > 1 and len(to_scan) >= _POOL_MIN_FILES and "fork" in \
             multiprocessing.get_all_start_methods():
         _worker_scanner = scanner

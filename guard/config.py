@@ -7,12 +7,11 @@ name the file and, when it can be found, the line of the offending key.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import platform
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -68,9 +67,6 @@ class Config:
     meeting_linger_s: float = 900.0
     meeting_poll_s: float = 2.0
     source: str = "<embedded default>"   # where this config came from
-
-    def with_changes(self, **changes: Any) -> "Config":
-        return dataclasses.replace(self, **changes)
 
 
 def is_root() -> bool:

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -447,7 +447,9 @@ class Daemon:
         self.counters.bump(verdict.level.value)
         meeting = self.meeting.active
         decision = decide(verdict, self.effective_mode(), meeting, config.quarantine_suspicious)
-        provenance = self._provenance(job.path)
+        # Read the download metadata only for files that get a record (before a move).
+        logged = verdict.flagged or decision.intended is not Action.ALLOW or config.log_clean
+        provenance = self._provenance(job.path) if logged else {}
         qid, error = "", ""
         if decision.action is Action.QUARANTINE:
             try:
@@ -465,8 +467,7 @@ class Daemon:
             self._seen.move_to_end(key)
             while len(self._seen) > _SEEN_MAX:
                 self._seen.popitem(last=False)
-        if verdict.flagged or decision.intended is not Action.ALLOW or error or \
-                config.log_clean:
+        if logged or error:
             self._log(scan_record(decision, job.folder.source, provenance, qid,
                                   error=error, trigger=job.why))
         if qid:

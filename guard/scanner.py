@@ -16,7 +16,7 @@ import os
 import pwd
 import stat
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -155,10 +155,8 @@ class Scanner:
             s.pdf = inspect_pdf(data)
             if not s.pdf.complete:
                 s.malformed.append("pdf: no startxref/%%EOF at the end (truncated?)")
-        if whole and (kind in READERS or kind in UNINSPECTED):
+        if (whole and kind in READERS) or kind in UNINSPECTED:
             s.container = walk_container(data, kind, self.options.limits, _is_runnable)
-        elif kind in UNINSPECTED:
-            s.container = walk_container(b"", kind)
         if self.rules is not None and len(self.rules):
             self._match_rules(s, data, st)
 

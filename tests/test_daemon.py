@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 import builders as b
 from daemon_support import Agent, wait_until, write_config

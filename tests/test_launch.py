@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from daemon_support import Agent, wait_until, write_config
+from daemon_support import Agent, wait_until
 from guard.sources import fanotify
 from guard.sources.procpoll import Launch, stop_process
 

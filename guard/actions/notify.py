@@ -18,7 +18,6 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Callable
 
 _DELIVERY_TIMEOUT_S = 5.0
 
@@ -122,5 +121,3 @@ def quarantine_message(name: str, summary: str, meeting: bool) -> tuple[str, str
         body += " If you expected this file, ask your security team to check and release it."
     return title, body
 
-
-NotifyFn = Callable[[str, str], None]

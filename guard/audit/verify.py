@@ -191,9 +191,9 @@ class _ChainCheck:
                                          f"record(s) missing before it (deleted)"))
         elif self.bad_run == 0 and prev != self.prev_digest:
             pfile, pline = self.prev_where
-            self.problems.append(Problem(pfile, pline, seq - 1, f"the next record's "
-                                         f"guard.prev does not match this line (replaced, "
-                                         f"or edited and re-hashed)"))
+            self.problems.append(Problem(pfile, pline, seq - 1, "the next record's "
+                                         "guard.prev does not match this line (replaced, "
+                                         "or edited and re-hashed)"))
         self.last_good, self.bad_run = seq, 0
 
     def _place_unanchored(self) -> None:

@@ -171,7 +171,7 @@ def _read_zip(w: _Walker, data: bytes) -> Iterator[ReadResult]:
             w.flag_bomb(f"declared expansion {declared // packed}:1 ({declared >> 20} MiB)")
         spans = sorted((i.header_offset, i.header_offset + 30 + len(i.orig_filename.encode(
             "utf-8", "surrogateescape")) + i.compress_size) for i in infos)
-        for (start_a, end_a), (start_b, _) in zip(spans, spans[1:]):
+        for (_, end_a), (start_b, _) in zip(spans, spans[1:]):
             if start_b < end_a:
                 w.flag_bomb("overlapping members (a zip bomb trick)")
                 break
