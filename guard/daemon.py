@@ -162,6 +162,7 @@ class Daemon:
             for w in self.config.watch:
                 if w.source == "browser" and not Path(w.path).exists():
                     Path(w.path).mkdir(parents=True, exist_ok=True)
+        _tune_malloc()
         recovered = self.vault.recover()
         self._log(admin_record("guard-started", message=f"guard {__version__} started",
                                mode=self.config.mode, config=self.config.source,
@@ -450,10 +451,12 @@ class Daemon:
         # Read the download metadata only for files that get a record (before a move).
         logged = verdict.flagged or decision.intended is not Action.ALLOW or config.log_clean
         provenance = self._provenance(job.path) if logged else {}
-        qid, error = "", ""
+        qid, error, moved_ms = "", "", None
         if decision.action is Action.QUARANTINE:
+            moving = time.monotonic()
             try:
                 qid = self._quarantine(job, verdict, decision, provenance)
+                moved_ms = (time.monotonic() - moving) * 1000
             except FileChanged:
                 if job.attempt < _RESCANS_MAX:
                     self._requeue(job)
@@ -469,7 +472,7 @@ class Daemon:
                 self._seen.popitem(last=False)
         if logged or error:
             self._log(scan_record(decision, job.folder.source, provenance, qid,
-                                  error=error, trigger=job.why))
+                                  error=error, trigger=job.why, quarantine_ms=moved_ms))
         if qid:
             self.counters.bump("quarantined")
             title, body = quarantine_message(job.path.name, verdict.summary, meeting)
@@ -582,6 +585,24 @@ def _is_under(path: Path, root: Path) -> bool:
         return True
     except ValueError:
         return False
+
+
+_M_MMAP_THRESHOLD = -3      # glibc mallopt() parameter
+
+
+def _tune_malloc() -> None:
+    """Serve file-sized buffers (>= 2 MiB) from mmap, so freeing one returns it at once.
+
+    glibc otherwise raises its mmap threshold to the largest buffer freed so far, and a
+    10 MB buffer freed in a worker thread's arena then stays resident: malloc_trim() does
+    not shrink the top of a thread arena. Measured: 51 -> 40 MB RSS after ten 10 MB scans,
+    no measurable cost per scan. Fixing the threshold also stops its dynamic growth.
+    """
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 2 << 20)
+    except (OSError, AttributeError):
+        pass                                # not glibc: nothing to tune
 
 
 def _release_memory() -> None:

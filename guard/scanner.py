@@ -23,6 +23,7 @@ from typing import Iterable, Iterator
 import pefile
 
 from .analyze.yara_scan import BUNDLED_RULES, RuleSet, compile_rules, default_cache_dir
+from .hashing import BackgroundSha256
 from .identify.containers import READERS, UNINSPECTED, Limits, walk_container
 from .identify.filetype import identify, yara_filetype
 from .identify.names import analyze_name, split_extension
@@ -36,6 +37,7 @@ from .verdict import UNKNOWN_TYPE, Family, FileType, Verdict
 
 HEAD_BYTES = 1 << 20       # what a too-large file is identified from
 _READ_CHUNK = 1 << 20
+_PARALLEL_HASH_BYTES = 1 << 20   # from this size the hash runs beside the inspection
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,11 @@ class Scanner:
                 return
             s.size = st.st_size
             s.too_large = st.st_size > self.options.max_size_bytes
-            data, tail, digest, nread = self._read(fd, s.too_large)
+            if s.too_large:
+                data, tail, digest, nread = self._read_streaming(fd)
+            else:
+                data = _read_whole(fd, st.st_size)
+                tail, digest, nread = data[-512:], None, len(data)
             after = os.fstat(fd)
         finally:
             os.close(fd)
@@ -113,16 +119,25 @@ class Scanner:
             # No verdict for content that changed under the read: it may not be what runs.
             s.error = "the file changed while it was being scanned"
             return
-        s.sha256 = digest
         s.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_uid)
-        self._inspect(s, data, tail, st)
+        if digest is not None:
+            s.sha256 = digest
+            self._inspect(s, data, tail, st)
+            return
+        # Large content: hash on another core while it is inspected (hashlib and YARA
+        # both release the GIL), so the two costs overlap instead of adding up.
+        hasher = BackgroundSha256(data) if len(data) >= _PARALLEL_HASH_BYTES else None
+        try:
+            self._inspect(s, data, tail, st)
+        finally:
+            s.sha256 = hasher.hexdigest() if hasher else hashlib.sha256(data).hexdigest()
 
-    def _read(self, fd: int, too_large: bool) -> tuple[bytes, bytes, str, int]:
-        """(content, tail, sha256, bytes read). Content is the whole file, or its head
-        (HEAD_BYTES) when it is too large; the hash always covers every byte."""
+    @staticmethod
+    def _read_streaming(fd: int) -> tuple[bytes, bytes, str, int]:
+        """A too-large file: (head, tail, sha256, bytes read). The head (HEAD_BYTES) is
+        what it is identified from; the hash covers every byte."""
         h = hashlib.sha256()
-        buf = bytearray()
-        keep = HEAD_BYTES if too_large else self.options.max_size_bytes + 1
+        head = bytearray()
         tail = b""
         nread = 0
         while True:
@@ -131,10 +146,10 @@ class Scanner:
                 break
             nread += len(chunk)
             h.update(chunk)
-            if len(buf) < keep:
-                buf += chunk[: keep - len(buf)]
+            if len(head) < HEAD_BYTES:
+                head += chunk[: HEAD_BYTES - len(head)]
             tail = (tail + chunk)[-512:]
-        return bytes(buf), tail, h.hexdigest(), nread
+        return bytes(head), tail, h.hexdigest(), nread
 
     def _inspect(self, s: Sample, data: bytes, tail: bytes, st: os.stat_result) -> None:
         s.type = ftype = identify(data[: 256 * 1024], s.name.extension, tail)
@@ -277,6 +292,19 @@ class Scanner:
         s = Sample(path=path, name=analyze_name(os.path.basename(path)))
         s.skipped = why
         return self._verdict(s, 0.0)
+
+
+def _read_whole(fd: int, size: int) -> bytes:
+    """The whole file in one bytes object, read straight into it (no growing buffer and
+    no second copy). Reads past *size* so that a file which grew is noticed."""
+    data = os.read(fd, size + 1)
+    if 0 < len(data) <= size:             # a short read: go on until EOF or past size
+        parts, total = [data], len(data)
+        while total <= size and (chunk := os.read(fd, max(size + 1 - total, 1 << 16))):
+            parts.append(chunk)
+            total += len(chunk)
+        data = b"".join(parts)
+    return data
 
 
 def _special_kind(mode: int) -> str:

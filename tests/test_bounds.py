@@ -182,3 +182,28 @@ def test_names_with_invalid_utf8_round_trip(scanner, tmp_path):
     v = scanner.scan_file(path)
     assert v.level is Level.MALICIOUS
     assert "\x1b" not in v.summary and "\\xff" in v.summary
+
+
+def test_large_file_hash_beside_the_scan_matches_hashlib(scanner, tmp_path):
+    """From 1 MiB the hash runs on a helper thread while the file is inspected."""
+    data = b.pe32() + os.urandom(3 * 1024 * 1024)
+    path = tmp_path / "Contract.pdf"
+    path.write_bytes(data)
+    v = scanner.scan_file(path)
+    import hashlib
+    assert v.sha256 == hashlib.sha256(data).hexdigest() and v.size == len(data)
+    assert v.level is Level.MALICIOUS
+
+
+def test_background_sha256_equals_hashlib_for_any_chunking():
+    import hashlib
+    from guard.hashing import BackgroundSha256
+    data = os.urandom(5 * 1024 * 1024 + 3)
+    for cut in (4096, 1 << 20, len(data)):
+        h = BackgroundSha256()
+        for i in range(0, len(data), cut):
+            h.feed(data[i:i + cut])
+        assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+        assert h.hexdigest() == hashlib.sha256(data).hexdigest()     # idempotent
+    assert BackgroundSha256().hexdigest() == hashlib.sha256(b"").hexdigest()
+    assert BackgroundSha256(b"abc").hexdigest() == hashlib.sha256(b"abc").hexdigest()

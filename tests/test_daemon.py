@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 
 import builders as b
 from daemon_support import Agent, wait_until, write_config
@@ -115,15 +116,21 @@ def test_monitor_mode_changes_nothing_on_disk(agent, tmp_path):
                                         "intended": "quarantine", "mode": "monitor"}
 
 
-def test_restore_round_trip_gives_back_the_original_bytes(agent, tmp_path):
+@pytest.mark.parametrize("pad", [100, 3 * 1024 * 1024 + 7], ids=["small", "3MB"])
+def test_restore_round_trip_gives_back_the_original_bytes(agent, tmp_path, pad):
     a = agent()
-    data = b.pe32() + os.urandom(100)
+    data = b.pe32() + os.urandom(pad)       # 3 MB: hashed beside the scan, copied in chunks
     path = _drop(tmp_path / "Downloads", "Contract.pdf", data)
     os.chmod(path, 0o640)
     assert wait_until(lambda: not path.exists(), 5)
     (item,) = a.vault_items()
     stored = (tmp_path / "vault" / "items" / f"{item['id']}.bin").read_bytes()
     assert b.pe32()[:64] not in stored                     # neutralised in the vault
+    assert item["sha256"] == hashlib.sha256(data).hexdigest() and item["size"] == len(data)
+    q = next(rec for rec in a.records() if rec["event"]["action"] == "quarantine")
+    timing = q["guard"]["timing"]
+    assert timing["scan_ms"] > 0 and timing["quarantine_ms"] > 0
+    assert q["event"]["duration"] == int((timing["scan_ms"] + timing["quarantine_ms"]) * 1e6)
     assert os.stat(tmp_path / "vault").st_mode & 0o777 == 0o700
     a.stop()
     r = a.cli("quarantine", "restore", item["id"])

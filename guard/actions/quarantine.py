@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import FileChanged, QuarantineError
+from ..hashing import BackgroundSha256
 
 HEADER = b"GUARD-QUARANTINE-1\n"
 _XOR = bytes(b ^ 0xA5 for b in range(256))
@@ -237,7 +238,7 @@ class Vault:
         part = self.tmp / f"{item_id}.part"
         out = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                       0o600)
-        h = hashlib.sha256()
+        h = BackgroundSha256()            # hashes each chunk while the next is written
         try:
             os.write(out, HEADER)
             os.lseek(src, 0, os.SEEK_SET)
@@ -245,7 +246,7 @@ class Vault:
                 chunk = os.read(src, _CHUNK)
                 if not chunk:
                     break
-                h.update(chunk)
+                h.feed(chunk)
                 view = memoryview(neutralise(chunk))
                 while view:
                     view = view[os.write(out, view):]
@@ -254,7 +255,8 @@ class Vault:
             self._step("fsync")
         finally:
             os.close(out)
-        if h.hexdigest() != expected.sha256:
+            digest = h.hexdigest()
+        if digest != expected.sha256:
             raise FileChanged("the content changed after its scan", path=str(path))
         os.replace(part, self.items / f"{item_id}.bin")
         _fsync_dir(self.items)

@@ -58,8 +58,12 @@ def file_fields(path: str, size: int | None = None, sha256: str = "",
 
 def scan_record(decision: Decision, source: str = "", provenance: dict[str, Any] | None = None,
                 quarantine_id: str = "", outcome: str = "success", error: str = "",
-                trigger: str = "") -> dict[str, Any]:
-    """The record for one file the daemon judged (and maybe quarantined)."""
+                trigger: str = "", quarantine_ms: float | None = None) -> dict[str, Any]:
+    """The record for one file the daemon judged (and maybe quarantined).
+
+    ``event.duration`` (ECS, nanoseconds) is the scan plus the move to the vault;
+    ``guard.timing`` splits it in milliseconds.
+    """
     v: Verdict = decision.verdict
     stat = v.details.get("stat", {}) if isinstance(v.details, dict) else {}
     if decision.action is Action.QUARANTINE:
@@ -96,6 +100,13 @@ def scan_record(decision: Decision, source: str = "", provenance: dict[str, Any]
             "trigger": trigger,
         },
     }
+    scan_ms = v.details.get("scan_ms") if isinstance(v.details, dict) else None
+    if isinstance(scan_ms, (int, float)):
+        timing = {"scan_ms": scan_ms}
+        if quarantine_ms is not None:
+            timing["quarantine_ms"] = round(quarantine_ms, 2)
+        rec["event"]["duration"] = int(sum(timing.values()) * 1_000_000)
+        rec["guard"]["timing"] = timing
     if provenance:
         rec["guard"]["provenance"] = provenance
         if provenance.get("origin_url") or provenance.get("host_url"):
