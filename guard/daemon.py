@@ -13,6 +13,7 @@ import json
 import os
 import queue
 import signal
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -34,6 +35,7 @@ from .sources.watch import FolderWatcher
 from .verdict import Action
 
 DRAIN_S = 4.0              # SIGTERM: finish queued work for this long, then leave
+_HEARTBEAT_S = 10.0        # status.json is rewritten at least this often
 _SEEN_MAX = 200_000        # identities remembered so an unchanged file is not rescanned
 _RESCANS_MAX = 3           # a file that keeps changing under us is given up after this
 
@@ -84,11 +86,12 @@ class Daemon:
         self._seen: OrderedDict[str, tuple[int, int, int, int]] = OrderedDict()
         self._stop = threading.Event()
         self._sweep_now = threading.Event()
+        self._wake = threading.Event()          # pokes the housekeeper
         self._overflowed = False           # the watcher dropped files on a full queue
         self._worked = False               # a job ran since the last heap trim
         self._housekeeper: threading.Thread | None = None
         self._status_written = 0.0
-        self._status_last: str = ""
+        self._status_last: tuple = ()
         self._reload = threading.Event()
         self._workers: list[threading.Thread] = []
         self._lock_fd: int | None = None
@@ -118,7 +121,9 @@ class Daemon:
 
     def _build_watcher(self, config: Config) -> FolderWatcher:
         return FolderWatcher(config.watch, self._offer, config.exclude, config.settle_s,
-                             on_new_folder=self._new_folder)
+                             on_new_folder=self._new_folder,
+                             control_files=(config.allowlist, config.break_glass_file),
+                             on_control_change=self._wake.set)
 
     def _build_launch(self, config: Config):
         from .actions.launch import LaunchControl
@@ -132,7 +137,13 @@ class Daemon:
             break_glass=self.break_glass_on, exclude=self.watcher.excluded)
 
     def break_glass_on(self) -> bool:
-        return self.config.break_glass_file.exists()
+        """The break-glass file is there, a regular file (not a link) owned by the agent's
+        own user (root in a deployment): nobody else can switch enforcement off."""
+        try:
+            st = os.lstat(self.config.break_glass_file)
+        except OSError:
+            return False
+        return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
 
     def effective_mode(self) -> str:
         """The configured mode, unless the break-glass file forces monitor mode."""
@@ -192,13 +203,21 @@ class Daemon:
 
     def run_forever(self) -> int:
         """Main-thread loop: signals set flags; returns the exit code."""
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
-        signal.signal(signal.SIGUSR1, lambda *_: self._sweep_now.set())   # "look again now"
+        woken = threading.Event()        # the main thread sleeps until a signal comes
+
+        def on(flag: threading.Event):
+            def handler(*_: object) -> None:
+                flag.set()
+                woken.set()
+            return handler
+        signal.signal(signal.SIGTERM, on(self._stop))
+        signal.signal(signal.SIGINT, on(self._stop))
+        signal.signal(signal.SIGHUP, on(self._reload))
+        signal.signal(signal.SIGUSR1, lambda *_: self.request_sweep())   # "look again now"
         self.start()
         while not self._stop.is_set():
-            self._stop.wait(1.0)
+            woken.wait(60.0)
+            woken.clear()
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
@@ -211,6 +230,7 @@ class Daemon:
         self.watcher.stop()
         self.meeting.stop()
         self._stop.set()
+        self._wake.set()
         deadline = time.monotonic() + DRAIN_S
         while not self._queue.empty() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -221,6 +241,8 @@ class Daemon:
                 break
         for t in self._workers:
             t.join(max(0.0, deadline - time.monotonic()) + 0.5)
+        if self._housekeeper is not None and self._housekeeper is not threading.current_thread():
+            self._housekeeper.join(1.0)       # so it cannot write "running" after "stopped"
         self._log(admin_record("guard-stopped", message="guard stopped",
                                counters=self.counters.to_dict()))
         self.notifier.close(0.5)
@@ -256,7 +278,11 @@ class Daemon:
         self._log(admin_record("config-reload", message=f"configuration reloaded from "
                                f"{config.source}", mode=config.mode,
                                rule_errors=self.rule_errors or None))
+        self.request_sweep()
+
+    def request_sweep(self) -> None:
         self._sweep_now.set()
+        self._wake.set()
 
     # --- intake --------------------------------------------------------------------------
     def _offer(self, path: Path, folder: WatchFolder, why: str) -> None:
@@ -303,10 +329,17 @@ class Daemon:
             self._pending.discard(key)
 
     def _housekeep(self) -> None:
+        """Sweeps, allowlist and break-glass changes, status.json.
+
+        At most one round a second while anything happens; when idle it sleeps until a
+        poke (a handled file, a sweep request, a change to the allowlist's or the
+        break-glass file's folder) or the 10 s status heartbeat: every wake-up of an idle
+        agent costs CPU.
+        """
         next_sweep = time.monotonic()
         last_sweep = 0.0
         while not self._stop.is_set():
-            now = time.monotonic()
+            started = now = time.monotonic()
             drained = self._queue.qsize() < self.config.queue_size // 2
             overflow_due = self._overflowed and drained and now - last_sweep >= 2.0
             if self._sweep_now.is_set() or now >= next_sweep or overflow_due:
@@ -319,10 +352,15 @@ class Daemon:
                     self._error(f"sweep failed: {exc}")
                 last_sweep = time.monotonic()
                 next_sweep = last_sweep + self.config.sweep_interval_s
+            self._wake.clear()
             self._check_allowlist()
             self._check_break_glass()
-            self._maybe_write_status()
-            self._sweep_now.wait(1.0)
+            busy = self._maybe_write_status() or self._queue.qsize() > 0 or self._overflowed
+            idle_s = min(_HEARTBEAT_S, max(0.0, next_sweep - time.monotonic()))
+            self._wake.wait(1.0 if busy else idle_s)
+            rest = 1.0 - (time.monotonic() - started)
+            if rest > 0 and not self._sweep_now.is_set():
+                self._stop.wait(rest)          # a burst of pokes: still one round a second
 
     def _check_allowlist(self) -> None:
         """Hot reload: a good edit applies at once; a bad one is refused and logged with
@@ -424,6 +462,7 @@ class Daemon:
             except Exception as exc:   # the daemon never dies on one bad file
                 self.counters.bump("errors")
                 self._error(f"{job.path}: {type(exc).__name__}: {exc}")
+            self._wake.set()           # status.json shows it within a second
 
     def handle(self, job: _Job) -> None:
         key = os.fspath(job.path)
@@ -482,7 +521,7 @@ class Daemon:
         try:
             self._queue.put_nowait(_Job(job.path, job.folder, "rescan", job.attempt + 1))
         except queue.Full:
-            self._sweep_now.set()
+            self.request_sweep()
 
     def _quarantine(self, job: _Job, verdict, decision, provenance) -> str:
         st = verdict.details.get("stat") or {}
@@ -536,15 +575,24 @@ class Daemon:
                               "entries": len(self.allowlist.current.entries),
                               "error": self._allowlist_error}}
 
-    def _maybe_write_status(self) -> None:
-        """Rewrite status.json when something changed, else every 10 s as a heartbeat."""
-        status = self.status("running")
-        digest = json.dumps({k: v for k, v in status.items() if k != "updated_at"},
-                            sort_keys=True, default=str)
-        if digest != self._status_last or time.monotonic() - self._status_written >= 10.0:
-            self._status_last = digest
+    def _status_token(self) -> tuple:
+        """What status.json shows that can change, cheap to compare once a second."""
+        return (tuple(self.counters.to_dict().values()), self._queue.qsize(),
+                self.meeting.active, self.last_error, self._break_glass_seen,
+                self.config.mode, id(self.allowlist.current), self._allowlist_error,
+                tuple(self.launch.stats.values()), len(self.watcher.watching), len(self.watcher.errors),
+                len(self.rule_errors))
+
+    def _maybe_write_status(self) -> bool:
+        """Rewrite status.json when something changed (returns True), else every 10 s as
+        a heartbeat."""
+        token = self._status_token()
+        changed = token != self._status_last
+        if changed or time.monotonic() - self._status_written >= _HEARTBEAT_S:
+            self._status_last = token
             self._status_written = time.monotonic()
-            self.write_status("running", status)
+            self.write_status("running")
+        return changed
 
     def write_status(self, state: str, status: dict[str, Any] | None = None) -> None:
         path = self.config.state_dir / "status.json"

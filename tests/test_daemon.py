@@ -318,3 +318,43 @@ def test_excluded_paths_cost_nothing(tmp_path):
         assert ignored.exists() and a.status()["counters"]["scanned"] == 1
     finally:
         a.stop()
+
+
+def test_idle_agent_applies_break_glass_and_allowlist_edits_at_once(agent, tmp_path):
+    """An idle agent sleeps up to 10 s between rounds; a change to the break-glass file or
+    the allowlist wakes it (inotify on their folders), well before that."""
+    a = agent()
+    time.sleep(2.5)                                   # idle: the housekeeper sleeps long
+    r = a.cli("break-glass", "on")
+    assert r.returncode == 0, r.stderr
+    assert wait_until(lambda: a.status()["effective_mode"] == "monitor", 3)
+    assert a.status()["break_glass"] is True
+    p = _drop(tmp_path / "Downloads", "Contract.pdf", b.pe32())
+    assert wait_until(lambda: any(r["event"]["action"] == "would-quarantine"
+                                  for r in a.records()), 5)
+    assert p.exists()                                 # monitor mode: nothing moved
+    time.sleep(2.5)
+    assert a.cli("break-glass", "off").returncode == 0
+    assert wait_until(lambda: a.status()["effective_mode"] == "enforce", 3)
+    msgs = [r["message"] for r in a.records() if r["event"]["action"] == "break-glass"]
+    assert any("monitor mode in force" in m for m in msgs)
+    assert any("configured mode restored" in m for m in msgs)
+    time.sleep(2.5)
+    tool = tmp_path / "tool"
+    tool.write_bytes(b"#!/bin/sh\n")
+    assert a.cli("allow", "add", str(tool), "--reason", "test").returncode == 0
+    assert wait_until(lambda: a.status()["allowlist"]["entries"] == 1, 3)
+
+
+def test_a_break_glass_file_not_owned_by_the_agent_user_is_ignored(agent, tmp_path):
+    a = agent()
+    flag = tmp_path / "state" / "break-glass"          # the default: beside status.json
+    flag.write_text("planted\n")
+    os.chown(flag, 12345, 12345)
+    time.sleep(1.5)
+    assert a.status()["break_glass"] is False and a.status()["effective_mode"] == "enforce"
+    flag.unlink()
+    flag.symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").write_text("x")
+    time.sleep(1.5)
+    assert a.status()["break_glass"] is False

@@ -21,6 +21,16 @@ def _norm(name: str) -> str:
     return name
 
 
+def _newest_pid() -> str | None:
+    """The PID the kernel allocated last (the 5th field of /proc/loadavg): unchanged means
+    no process was created in between."""
+    try:
+        with open("/proc/loadavg", "rb") as fh:
+            return fh.read(128).split()[4].decode()
+    except (OSError, IndexError):
+        return None
+
+
 class MeetingMonitor:
     def __init__(self, apps: Iterable[str], linger_s: float = 900.0, poll_s: float = 2.0,
                  on_change: Callable[[bool, str], None] | None = None,
@@ -36,6 +46,9 @@ class MeetingMonitor:
         self._ended_at: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._names: dict[str, str] = {}     # /proc PID -> its process name (Linux)
+        self._fresh: set[str] = set()        # PIDs first seen on the last poll
+        self._newest: str | None = None      # the last PID the kernel handed out, then
 
     def find_call_app(self) -> str:
         if os.path.isdir("/proc/self"):
@@ -50,18 +63,35 @@ class MeetingMonitor:
         return ""
 
     def _find_in_proc(self) -> str:
-        """Linux: /proc/PID/comm directly, a third of psutil's cost per poll (idle CPU)."""
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
+        """Linux: /proc/PID/comm directly, and only for processes not settled yet.
+
+        A process's name is read when its PID first shows up and once more on the next
+        poll (a fork shows the parent's name until its exec), then it is settled: an idle
+        poll (no process created since the last) reads /proc/loadavg and nothing else.
+        """
+        known = self._names
+        newest = _newest_pid()
+        if newest is not None and newest == self._newest and not self._fresh:
+            # No process was created since the last look: only see whether the call
+            # apps found before still run. An idle poll reads one small file.
+            for pid in [p for p, name in known.items() if name in self.apps]:
+                if not os.path.exists(f"/proc/{pid}"):
+                    del known[pid]
+            return next((name for name in known.values() if name in self.apps), "")
+        self._newest = newest
+        pids = {e.name for e in os.scandir("/proc") if e.name.isdigit()}
+        for gone in known.keys() - pids:
+            del known[gone]
+        unsettled = (pids - known.keys()) | self._fresh
+        self._fresh = pids - known.keys()
+        for pid in unsettled:
             try:
-                with open(f"/proc/{entry.name}/comm", "rb") as fh:
-                    name = _norm(fh.read(64).decode("utf-8", "replace").strip())
+                with open(f"/proc/{pid}/comm", "rb") as fh:
+                    known[pid] = _norm(fh.read(64).decode("utf-8", "replace").strip())
             except OSError:
-                continue
-            if name in self.apps:
-                return name
-        return ""
+                known.pop(pid, None)
+                self._fresh.discard(pid)
+        return next((name for name in known.values() if name in self.apps), "")
 
     def poll(self) -> bool:
         """Look once; returns whether the strict policy applies now."""

@@ -70,13 +70,34 @@ class _Handler(FileSystemEventHandler):
             w.errors.append(f"watch handler: {type(exc).__name__}: {exc}")
 
 
+class _FileChangeHandler(FileSystemEventHandler):
+    """Calls *on_change* when one of *names* in a folder is written, created, moved or
+    removed (editors and the CLI replace files by rename)."""
+
+    def __init__(self, names: set[str], on_change: Callable[[], None]):
+        self.names = names
+        self.on_change = on_change
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        paths = (event.src_path, getattr(event, "dest_path", "") or "")
+        if any(os.path.basename(os.fsdecode(p)) in self.names for p in paths if p):
+            try:
+                self.on_change()
+            except Exception:
+                pass
+
+
 class FolderWatcher:
     """Owns one watchdog Observer and a settle timer thread."""
 
     def __init__(self, folders: Iterable[WatchFolder], on_ready: OnReady,
                  exclude: Iterable[str] = (), settle_s: float = 0.5,
-                 on_new_folder: Callable[[str], None] | None = None):
+                 on_new_folder: Callable[[str], None] | None = None,
+                 control_files: Iterable[str | os.PathLike[str]] = (),
+                 on_control_change: Callable[[], None] | None = None):
         self.folders = tuple(folders)
+        self.control_files = tuple(Path(p) for p in control_files)
+        self.on_control_change = on_control_change
         self.on_new_folder = on_new_folder
         self.on_ready = on_ready
         self.excluded = Excluder(exclude)
@@ -110,10 +131,28 @@ class FolderWatcher:
                 self.watching.append(folder)
             except OSError as exc:
                 self.errors.append(f"{folder.path}: cannot watch: {exc.strerror or exc}")
+        self._watch_control_files()
         self._observer.start()
         self._timer = threading.Thread(target=self._settle_loop, name="guard-settle",
                                        daemon=True)
         self._timer.start()
+
+    def _watch_control_files(self) -> None:
+        """The allowlist and break-glass file: a change wakes the agent at once. A folder
+        that does not exist is skipped; the agent's periodic check still sees it."""
+        if self.on_control_change is None:
+            return
+        by_folder: dict[str, set[str]] = {}
+        for p in self.control_files:
+            by_folder.setdefault(os.fspath(p.parent), set()).add(p.name)
+        for folder, names in by_folder.items():
+            if not os.path.isdir(folder):
+                continue
+            try:
+                self._observer.schedule(_FileChangeHandler(names, self.on_control_change),
+                                        folder, recursive=False)
+            except OSError:
+                pass
 
     def stop(self, timeout_s: float = 2.0) -> None:
         self._stop.set()
