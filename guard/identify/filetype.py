@@ -103,29 +103,32 @@ _DOC_DESCRIPTIONS = ("microsoft word", "microsoft excel", "microsoft powerpoint"
                      "microsoft ooxml", "opendocument", "epub", "composite document file")
 
 _lock = threading.Lock()
-_shared: tuple[magic.Magic, magic.Magic] | None = None
+_shared: magic.Magic | None = None
 
 
-def _handles() -> tuple[magic.Magic, magic.Magic]:
-    """One (mime, description) pair of libmagic handles for the whole process.
+def _handle() -> magic.Magic:
+    """One libmagic handle for the whole process, its flags set before each call.
 
-    Each handle maps the compiled magic database (about 8 MB); one pair per thread and
-    flag set cost tens of MB of RSS in the agent. Calls are serialised by ``_lock``.
+    A handle maps the compiled magic database (up to 8 MB of RSS as it is used); one per
+    thread, or one per flag set, cost tens of MB in the agent. Calls are serialised by
+    ``_lock``.
     """
     global _shared
     if _shared is None:
         with _lock:
             if _shared is None:
-                _shared = (magic.Magic(mime=True), magic.Magic())
+                _shared = magic.Magic()
     return _shared
 
 
-def _call(handle: magic.Magic, buf: bytes, default: str, text_tests: bool) -> str:
-    """One libmagic call. Without *text_tests*, libmagic skips its text classification,
-    two thirds of its time and nothing it says about binary content changes."""
-    flags = handle.flags | magic.MAGIC_NO_CHECK_TEXT
-    if text_tests:
-        flags &= ~magic.MAGIC_NO_CHECK_TEXT
+def _call(buf: bytes, default: str, mime: bool, text_tests: bool) -> str:
+    """One libmagic call: the MIME type (*mime*) or the description. Without
+    *text_tests*, libmagic skips its text classification, two thirds of its time and
+    nothing it says about binary content changes."""
+    flags = (magic.MAGIC_MIME_TYPE if mime else magic.MAGIC_NONE)
+    if not text_tests:
+        flags |= magic.MAGIC_NO_CHECK_TEXT
+    handle = _handle()
     try:
         with _lock:
             magic.magic_setflags(handle.cookie, flags)
@@ -141,15 +144,14 @@ def libmagic(head: bytes, extension: str = "") -> tuple[str, str]:
     text classification: a script body there is no disguise, so the answer changes
     nothing; it is described from its encoding instead.
     """
-    mime_h, desc_h = _handles()
     buf = head[:MAGIC_HEAD_BYTES]
-    mime = _call(mime_h, buf, "application/octet-stream", text_tests=False)
+    mime = _call(buf, "application/octet-stream", mime=True, text_tests=False)
     if mime == "application/octet-stream" and _looks_text(buf):
         if is_text_claim(extension):
             return _TEXT_MIME.get(extension, "text/plain"), _text_description(buf)
-        mime = _call(mime_h, buf, "application/octet-stream", text_tests=True)
-        return mime, " ".join(_call(desc_h, buf, "data", text_tests=True).split())
-    return mime, " ".join(_call(desc_h, buf, "data", text_tests=False).split())
+        mime = _call(buf, "application/octet-stream", mime=True, text_tests=True)
+        return mime, " ".join(_call(buf, "data", mime=False, text_tests=True).split())
+    return mime, " ".join(_call(buf, "data", mime=False, text_tests=False).split())
 
 
 _TEXT_MIME = {"csv": "text/csv", "tsv": "text/tab-separated-values", "html": "text/html",
