@@ -32,10 +32,12 @@ from .policy.engine import decide
 from .scanner import ScanOptions, Scanner, load_rules
 from .sources.meeting import MeetingMonitor
 from .sources.watch import FolderWatcher
-from .verdict import Action
+from .verdict import Action, Level
 
 DRAIN_S = 4.0              # SIGTERM: finish queued work for this long, then leave
 _HEARTBEAT_S = 10.0        # status.json is rewritten at least this often
+_VERDICTS_MAX = 4096       # recent verdicts by file identity, for launch decisions
+_LAUNCH_SCAN_MAX = 64 * 1024 * 1024   # a launch of a larger unscanned file is not scanned
 _SEEN_MAX = 200_000        # identities remembered so an unchanged file is not rescanned
 _RESCANS_MAX = 3           # a file that keeps changing under us is given up after this
 
@@ -84,6 +86,7 @@ class Daemon:
         self._pending: set[str] = set()
         self._pending_lock = threading.Lock()
         self._seen: OrderedDict[str, tuple[int, int, int, int]] = OrderedDict()
+        self._verdicts: OrderedDict[tuple[int, int, int, int], dict[str, Any]] = OrderedDict()
         self._stop = threading.Event()
         self._sweep_now = threading.Event()
         self._wake = threading.Event()          # pokes the housekeeper
@@ -134,7 +137,8 @@ class Daemon:
             on_denied=self._launch_denied, on_event=self._launch_event,
             backend=config.launch_control, deadline_s=config.decision_timeout_s,
             fail_closed=config.fail_mode == "closed", poll_s=config.process_poll_s,
-            break_glass=self.break_glass_on, exclude=self.watcher.excluded)
+            break_glass=self.break_glass_on, exclude=self.watcher.excluded,
+            verdict_of=self._verdict_for_launch)
 
     def break_glass_on(self) -> bool:
         """The break-glass file is there, a regular file (not a link) owned by the agent's
@@ -412,6 +416,13 @@ class Daemon:
         rec["process"] = r["process"]
         if r["info"].get("sha256"):
             rec.setdefault("file", {})["hash"] = {"sha256": r["info"]["sha256"]}
+        verdict = r["info"].get("verdict")
+        rec["guard"]["decision"]["verdict"] = verdict["level"] if verdict else "not-scanned"
+        if verdict:
+            rec["guard"]["verdict"] = verdict["level"]
+            rec["guard"]["codes"] = verdict["codes"]
+            if verdict["rules"]:
+                rec["rule"] = {"name": verdict["rules"]}
         rec.pop("user", None)
         self._log(rec)
 
@@ -504,6 +515,9 @@ class Daemon:
             except (QuarantineError, OSError) as exc:
                 error = f"quarantine failed: {exc}"
                 self.counters.bump("failed")
+        self._remember_verdict(verdict)
+        if verdict.level is Level.MALICIOUS and not qid:
+            self.launch.guard_file(os.fspath(job.path))   # left in place: still no launch
         with self._pending_lock:
             self._seen[key] = ident
             self._seen.move_to_end(key)
@@ -516,6 +530,39 @@ class Daemon:
             self.counters.bump("quarantined")
             title, body = quarantine_message(job.path.name, verdict.summary, meeting)
             self.notifier.notify(title, body, path=str(job.path), quarantine_id=qid)
+
+    def _remember_verdict(self, verdict) -> None:
+        st = verdict.details.get("stat") if isinstance(verdict.details, dict) else None
+        if not st:
+            return
+        ident = (st["dev"], st["ino"], st["size"], st["mtime_ns"])
+        summary = {"level": verdict.level.value, "codes": list(verdict.codes),
+                   "rules": list(verdict.rules), "summary": verdict.summary}
+        with self._pending_lock:
+            known = self._verdicts.get(ident)
+            # The worst verdict a file earned stays with it: a disguise judged malicious
+            # under its first name is not laundered by a rename or a second hard link.
+            if known is None or Level(known["level"]).rank <= verdict.level.rank:
+                self._verdicts[ident] = summary
+            self._verdicts.move_to_end(ident)
+            while len(self._verdicts) > _VERDICTS_MAX:
+                self._verdicts.popitem(last=False)
+
+    def _verdict_for_launch(self, path: str, st: os.stat_result) -> dict[str, Any] | None:
+        """The verdict of the file about to run: the one from its scan when it is the same
+        file (device, inode, size, mtime), else a scan now (first launch of a file that
+        arrived before the agent, or changed since). None for very large files."""
+        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._pending_lock:
+            known = self._verdicts.get(ident)
+        if known is not None or st.st_size > _LAUNCH_SCAN_MAX:
+            return known
+        verdict = self.scanner.scan_file(path, follow=False)
+        if verdict.error:
+            return None
+        self._remember_verdict(verdict)
+        return {"level": verdict.level.value, "codes": list(verdict.codes),
+                "rules": list(verdict.rules), "summary": verdict.summary}
 
     def _requeue(self, job: _Job) -> None:
         try:

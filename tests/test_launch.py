@@ -51,6 +51,9 @@ def test_exec_denied_then_allowed_after_allow_add(agent, tmp_path):
     rec = next(r for r in a.records() if r["event"]["action"] == "exec-denied")
     assert rec["process"]["pid"] > 0 and rec["file"]["path"] == str(tool)
     assert rec["guard"]["decision"]["how"] == "decided"
+    # the record says what the scan made of the file: an ELF program in a download folder
+    assert rec["guard"]["decision"]["verdict"] == rec["guard"]["verdict"] == "suspicious"
+    assert "executable" in " ".join(rec["guard"]["codes"]) or rec["guard"]["codes"]
     assert wait_until(lambda: not tool.exists(), 5)          # denied -> quarantined
     # the same program, allowlisted by hash, runs
     again = _tool(tmp_path / "Downloads", "tool2")
@@ -177,3 +180,77 @@ def test_recycled_pid_is_never_killed():
 def test_script_argument(argv, script):
     from guard.sources.procpoll import script_argument
     assert script_argument(argv) == script
+
+
+def _malicious_program_that_stays(folder: Path, name: str = "Invoice.pdf") -> Path:
+    """An ELF program named like a PDF (malicious: type mismatch), made executable, with a
+    second hard link so that the vault refuses to move it: it stays where it is."""
+    path = _tool(folder, name)
+    os.link(path, folder / f".{name}.link")
+    return path
+
+
+@needs_fanotify
+def test_a_path_entry_does_not_allow_a_file_judged_malicious(agent, tmp_path):
+    a = agent(extra='launch_control = "fanotify"')
+    glob = str(tmp_path / "Downloads" / "*")
+    assert a.cli("allow", "add", "--path", glob, "--reason", "team tools").returncode == 0
+    assert wait_until(lambda: a.status()["allowlist"]["entries"] == 1, 5)
+    fine = _tool(tmp_path / "Downloads", "helper")
+    assert _run([str(fine)]).returncode == 0             # the glob allows a plain program
+    bad = _malicious_program_that_stays(tmp_path / "Downloads")
+    assert wait_until(lambda: any(r["event"]["action"] == "quarantine" and
+                                  r["event"]["outcome"] == "failure" for r in a.records()), 5)
+    with pytest.raises(PermissionError):
+        subprocess.run([str(bad)], timeout=30)
+    assert wait_until(lambda: "exec-denied" in _actions(a), 5)
+    rec = next(r for r in a.records() if r["event"]["action"] == "exec-denied")
+    assert rec["guard"]["verdict"] == "malicious" and "judged malicious" in rec["message"]
+
+
+@needs_fanotify
+def test_a_malicious_file_moved_out_of_the_watched_folder_still_cannot_run(agent,
+                                                                           tmp_path):
+    a = agent(extra='launch_control = "fanotify"')
+    bad = _malicious_program_that_stays(tmp_path / "Downloads")
+    assert wait_until(lambda: any(r["event"]["action"] == "quarantine" and
+                                  r["event"]["outcome"] == "failure" for r in a.records()), 5)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moved = elsewhere / "report"
+    os.rename(bad, moved)                                   # same file system: same inode
+    with pytest.raises(PermissionError):
+        subprocess.run([str(moved)], timeout=30)
+    assert wait_until(lambda: "exec-denied" in _actions(a), 5)
+    assert _run(["sh", "-c", f"cat {moved} > /dev/null"]).returncode == 0   # reading is fine
+    assert _run([str(_tool(elsewhere, "other"))]).returncode == 0     # others are untouched
+
+
+def test_portable_monitor_follows_a_malicious_file_moved_out(agent, tmp_path):
+    """A malicious program the vault could not move is known by device and inode: moved
+    out of the watched folder and started from there, the monitor still stops it."""
+    a = agent(extra='launch_control = "monitor"\nprocess_poll_s = 0.05')
+    bad = tmp_path / "Downloads" / "Invoice.pdf"
+    shutil.copy2("/bin/sleep", bad)                      # malicious: an ELF named .pdf
+    os.link(bad, tmp_path / "Downloads" / ".keep")       # the vault refuses: it stays
+    assert wait_until(lambda: any(r["event"]["action"] == "quarantine" and
+                                  r["event"]["outcome"] == "failure" for r in a.records()), 5)
+    assert wait_until(lambda: a.status()["launch_control"]["guarded_files"] == 1, 5)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moved = elsewhere / "report"
+    os.rename(bad, moved)
+    benign = subprocess.Popen(["sleep", "30"])
+    started = subprocess.Popen([str(moved), "30"])
+    try:
+        assert wait_until(lambda: started.poll() is not None, 5), "not stopped"
+        assert started.returncode == -signal.SIGKILL
+        assert benign.poll() is None                         # never touched
+        assert wait_until(lambda: "exec-denied" in _actions(a), 5)
+        rec = next(r for r in a.records() if r["event"]["action"] == "exec-denied")
+        assert rec["process"]["pid"] == started.pid and rec["guard"]["verdict"] == "malicious"
+    finally:
+        for p in (started, benign):
+            if p.poll() is None:
+                p.kill()
+            p.wait(5)

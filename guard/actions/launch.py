@@ -53,7 +53,9 @@ class LaunchControl:
                  on_event: Callable[[dict[str, Any]], None], backend: str = "auto",
                  deadline_s: float = 1.0, fail_closed: bool = False, poll_s: float = 0.1,
                  break_glass: Callable[[], bool] = lambda: False,
-                 exclude: Callable[[str], bool] = lambda p: False):
+                 exclude: Callable[[str], bool] = lambda p: False,
+                 verdict_of: Callable[[str, os.stat_result], dict[str, Any] | None]
+                 | None = None):
         self.roots = tuple(os.path.realpath(os.fspath(r)) for r in roots)
         self.allowlist = allowlist          # AllowlistStore: .current.match(...)
         self.mode = mode
@@ -65,6 +67,7 @@ class LaunchControl:
         self.poll_s = poll_s
         self.break_glass = break_glass
         self.exclude = exclude
+        self.verdict_of = verdict_of        # the file's scan verdict (summary dict) or None
         self.backend = "off"
         self.why = ""
         self.pid = os.getpid()
@@ -119,6 +122,17 @@ class LaunchControl:
         if self._fan is not None:
             self._fan.mark_tree(folder, self.exclude)
 
+    def guard_file(self, path: str) -> bool:
+        """Keep launch control on a file judged malicious that stays where it is (monitor
+        mode, break-glass, a failed move), also once it is moved out of the watched
+        folders: fanotify marks the file itself; the portable monitor knows it by device
+        and inode."""
+        if self._fan is not None:
+            return self._fan.mark_file(path)
+        if self._mon is not None and len(self._mon.guarded) < 10_000:
+            return self._mon.guard(path)
+        return False
+
     def allowlist_changed(self) -> None:
         with self._cache_lock:
             self._cache.clear()
@@ -129,6 +143,9 @@ class LaunchControl:
         if self._fan is not None:
             out["fanotify"] = dict(self._fan.stats)
             out["marked_folders"] = len(self._fan.marked)
+            out["guarded_files"] = len(self._fan.marked_files)
+        elif self._mon is not None:
+            out["guarded_files"] = len(self._mon.guarded)
         return out
 
     # --- shared policy -------------------------------------------------------------------
@@ -145,16 +162,25 @@ class LaunchControl:
                 getattr(e, "kind", "") == "signer" for e in getattr(current, "entries", ())):
             signers = _signers(fd, path)
         entry = current.match(sha256, path, signers, _dt.date.today())
+        verdict = self.verdict_of(path, st) if self.verdict_of is not None else None
         info = {"sha256": sha256, "dev": st.st_dev, "ino": st.st_ino, "size": st.st_size,
-                "mtime_ns": st.st_mtime_ns, "path": path}
+                "mtime_ns": st.st_mtime_ns, "path": path, "verdict": verdict}
+        malicious = bool(verdict) and verdict.get("level") == "malicious"
+        overridden = ""
+        if entry is not None and entry.kind == "path" and malicious:
+            # A path glob approves a place, not a content: what sits there and was judged
+            # malicious is not approved by it. Hash and signer entries name the content.
+            overridden = (f"allowlist entry {entry.index + 1} (line {entry.line}) allows the "
+                          "path, but the file was judged malicious")
+            entry = None
         if entry is not None:
             where = f"allowlist entry {entry.index + 1} (line {entry.line})"
             return LaunchDecision(True, "decided", where, where, info)
+        why = overridden or ("judged malicious and not on the allowlist" if malicious
+                             else "not on the allowlist")
         if self.mode() == "enforce":
-            return LaunchDecision(False, "decided", "not on the allowlist, enforce mode",
-                                  info=info)
-        return LaunchDecision(True, "decided", "not on the allowlist, monitor mode (would deny)",
-                              info=info)
+            return LaunchDecision(False, "decided", f"{why}, enforce mode", info=info)
+        return LaunchDecision(True, "decided", f"{why}, monitor mode (would deny)", info=info)
 
     def _cache_key(self, st: os.stat_result) -> tuple[int, ...]:
         # ctime cannot be set by users: a rewrite in place with the old mtime still misses
@@ -190,7 +216,9 @@ class LaunchControl:
                 return Answer(True, "exempt", "not a launch")
             cmdline = _cmdline(ev.pid)
             cwd = _readlink(f"/proc/{ev.pid}/cwd")
-            if not cmdline or launch_target("", cmdline, cwd, self.roots) != ev.path():
+            path = ev.path()
+            # is this file the script the interpreter was started with?
+            if not cmdline or launch_target("", cmdline, cwd, (path,)) != path:
                 return Answer(True, "exempt", "not a launch")
         if _ppid(ev.pid) == self.pid:
             return Answer(True, "exempt", "the guard's own child")

@@ -18,6 +18,7 @@ import ctypes.util
 import errno
 import heapq
 import os
+import stat
 import struct
 import threading
 import time
@@ -32,6 +33,8 @@ FAN_NONBLOCK = 0x00000002
 FAN_CLASS_CONTENT = 0x00000004
 FAN_UNLIMITED_QUEUE = 0x00000010
 FAN_UNLIMITED_MARKS = 0x00000020
+_MAX_FILE_MARKS = 10_000   # each pins an inode in kernel memory
+
 FAN_MARK_ADD = 0x00000001
 FAN_MARK_REMOVE = 0x00000002
 FAN_MARK_DONT_FOLLOW = 0x00000004
@@ -107,6 +110,7 @@ class FanotifyGuard:
         self.deadline_s = deadline_s
         self.fail_closed = fail_closed
         self.marked: set[str] = set()
+        self.marked_files: set[tuple[int, int]] = set()
         self.stats = {"events": 0, "allowed": 0, "denied": 0, "timeouts": 0, "errors": 0}
         flags = FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS
         fd = _libc.fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
@@ -156,6 +160,26 @@ class FanotifyGuard:
         if r < 0:
             return False
         self.marked.add(folder)
+        return True
+
+    def mark_file(self, path: str) -> bool:
+        """Mark one file (an inode mark: it follows the file when it is moved or renamed
+        on its file system), so its launches are asked about wherever it goes."""
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        key = (st.st_dev, st.st_ino)
+        if key in self.marked_files:
+            return True
+        if len(self.marked_files) >= _MAX_FILE_MARKS or not stat.S_ISREG(st.st_mode):
+            return False
+        r = _libc.fanotify_mark(self.fd, FAN_MARK_ADD | FAN_MARK_DONT_FOLLOW,
+                                FAN_OPEN_EXEC_PERM | FAN_OPEN_PERM, _AT_FDCWD,
+                                os.fsencode(path))
+        if r < 0:
+            return False
+        self.marked_files.add(key)
         return True
 
     def unmark_all(self) -> None:

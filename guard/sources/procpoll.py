@@ -119,6 +119,7 @@ class ProcessMonitor:
         self.on_launch = on_launch
         self.interval_s = interval_s
         self._known: set[tuple[int, float]] = set()
+        self.guarded: set[tuple[int, int]] = set()   # (dev, ino) of files judged malicious
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors = 0
@@ -162,6 +163,8 @@ class ProcessMonitor:
                     cmdline = p.cmdline()
                     cwd = p.cwd() if cmdline and interpreter_name(cmdline[0] or exe) else ""
                     target = launch_target(exe, cmdline, cwd, self.roots)
+                    if not target and self.guarded:
+                        target = self._guarded_target(exe, cmdline, p)
                     if target:
                         found.append(Launch(p.pid, ct, target, exe, tuple(cmdline), p.ppid(),
                                             p.name(), time.monotonic()))
@@ -169,6 +172,32 @@ class ProcessMonitor:
                 continue
         self._known = current
         return found
+
+    def guard(self, path: str) -> bool:
+        """Watch launches of this file wherever it is moved on its file system."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        self.guarded.add((st.st_dev, st.st_ino))
+        return True
+
+    def _guarded_target(self, exe: str, cmdline: list[str], p: psutil.Process) -> str:
+        """The process's program, or an interpreter's script, when it is a guarded file."""
+        candidates = [exe] if exe else []
+        if cmdline and (interpreter_name(exe) or interpreter_name(cmdline[0])):
+            script = script_argument(cmdline)
+            if script:
+                candidates.append(script if os.path.isabs(script)
+                                  else os.path.join(p.cwd() or "/", script))
+        for path in candidates:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in self.guarded:
+                return os.path.normpath(path)
+        return ""
 
     def _loop(self) -> None:
         while not self._stop.is_set():
