@@ -16,7 +16,6 @@ import signal
 import stat
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from .verdict import Action, Level
 
 DRAIN_S = 4.0              # SIGTERM: finish queued work for this long, then leave
 _HEARTBEAT_S = 10.0        # status.json is rewritten at least this often
-_VERDICTS_MAX = 4096       # recent verdicts by file identity, for launch decisions
+_VERDICTS_MAX = 1024       # recent verdicts by file identity, for launch decisions
 _LAUNCH_SCAN_MAX = 64 * 1024 * 1024   # a launch of a larger unscanned file is not scanned
 _SEEN_MAX = 200_000        # identities remembered so an unchanged file is not rescanned
 _RESCANS_MAX = 3           # a file that keeps changing under us is given up after this
@@ -85,8 +84,10 @@ class Daemon:
         self._queue: queue.Queue[_Job | None] = queue.Queue(config.queue_size)
         self._pending: set[str] = set()
         self._pending_lock = threading.Lock()
-        self._seen: OrderedDict[str, tuple[int, int, int, int]] = OrderedDict()
-        self._verdicts: OrderedDict[tuple[int, int, int, int], dict[str, Any]] = OrderedDict()
+        # hash(path) -> hash(dev, ino, size, mtime) of its last scan, oldest first: two
+        # machine words a file instead of a path and a tuple (RSS after a big burst)
+        self._seen: dict[int, int] = {}
+        self._verdicts: dict[tuple[int, int, int, int], dict[str, Any]] = {}   # oldest first
         self._stop = threading.Event()
         self._sweep_now = threading.Event()
         self._wake = threading.Event()          # pokes the housekeeper
@@ -303,8 +304,8 @@ class Daemon:
             except OSError:
                 return
             with self._pending_lock:
-                unchanged = self._seen.get(key) == (st.st_dev, st.st_ino, st.st_size,
-                                                    st.st_mtime_ns)
+                unchanged = self._seen.get(hash(key)) == hash(
+                    (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
             if unchanged:
                 self.counters.bump("skipped_unchanged")
                 return
@@ -485,7 +486,7 @@ class Daemon:
             return                                   # links, fifos, folders: not ours
         ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         with self._pending_lock:
-            unchanged = self._seen.get(key) == ident
+            unchanged = self._seen.get(hash(key)) == hash(ident)
         if unchanged:
             self.counters.bump("skipped_unchanged")
             return
@@ -519,10 +520,10 @@ class Daemon:
         if verdict.level is Level.MALICIOUS and not qid:
             self.launch.guard_file(os.fspath(job.path))   # left in place: still no launch
         with self._pending_lock:
-            self._seen[key] = ident
-            self._seen.move_to_end(key)
+            self._seen.pop(hash(key), None)            # re-insert: now the newest
+            self._seen[hash(key)] = hash(ident)
             while len(self._seen) > _SEEN_MAX:
-                self._seen.popitem(last=False)
+                del self._seen[next(iter(self._seen))]
         if logged or error:
             self._log(scan_record(decision, job.folder.source, provenance, qid,
                                   error=error, trigger=job.why, quarantine_ms=moved_ms))
@@ -532,21 +533,22 @@ class Daemon:
             self.notifier.notify(title, body, path=str(job.path), quarantine_id=qid)
 
     def _remember_verdict(self, verdict) -> None:
+        """Keep flagged verdicts by file identity for launch decisions (a clean file that
+        is launched is scanned again then: rare, and it keeps this small)."""
         st = verdict.details.get("stat") if isinstance(verdict.details, dict) else None
-        if not st:
+        if not st or not verdict.flagged:
             return
         ident = (st["dev"], st["ino"], st["size"], st["mtime_ns"])
-        summary = {"level": verdict.level.value, "codes": list(verdict.codes),
-                   "rules": list(verdict.rules), "summary": verdict.summary}
+        summary = _launch_summary(verdict)
         with self._pending_lock:
-            known = self._verdicts.get(ident)
+            known = self._verdicts.pop(ident, None)
             # The worst verdict a file earned stays with it: a disguise judged malicious
             # under its first name is not laundered by a rename or a second hard link.
-            if known is None or Level(known["level"]).rank <= verdict.level.rank:
-                self._verdicts[ident] = summary
-            self._verdicts.move_to_end(ident)
+            if known is not None and Level(known["level"]).rank > verdict.level.rank:
+                summary = known
+            self._verdicts[ident] = summary
             while len(self._verdicts) > _VERDICTS_MAX:
-                self._verdicts.popitem(last=False)
+                del self._verdicts[next(iter(self._verdicts))]
 
     def _verdict_for_launch(self, path: str, st: os.stat_result) -> dict[str, Any] | None:
         """The verdict of the file about to run: the one from its scan when it is the same
@@ -561,8 +563,7 @@ class Daemon:
         if verdict.error:
             return None
         self._remember_verdict(verdict)
-        return {"level": verdict.level.value, "codes": list(verdict.codes),
-                "rules": list(verdict.rules), "summary": verdict.summary}
+        return _launch_summary(verdict)
 
     def _requeue(self, job: _Job) -> None:
         try:
@@ -682,7 +683,13 @@ def _is_under(path: Path, root: Path) -> bool:
         return False
 
 
-_M_MMAP_THRESHOLD = -3      # glibc mallopt() parameter
+def _launch_summary(verdict) -> dict[str, Any]:
+    return {"level": verdict.level.value, "codes": list(verdict.codes),
+            "rules": list(verdict.rules), "summary": verdict.summary}
+
+
+_M_MMAP_THRESHOLD = -3      # glibc mallopt() parameters
+_M_ARENA_MAX = -8
 
 
 def _tune_malloc() -> None:
@@ -695,7 +702,11 @@ def _tune_malloc() -> None:
     """
     try:
         import ctypes
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 2 << 20)
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 2 << 20)
+        # Two heaps for a dozen threads: the GIL serialises most allocations anyway, and
+        # every extra heap keeps its own freed-but-resident pages.
+        libc.mallopt(_M_ARENA_MAX, 2)
     except (OSError, AttributeError):
         pass                                # not glibc: nothing to tune
 
