@@ -11,8 +11,12 @@ SUDO=""
 need=""
 ldconfig -p 2>/dev/null | grep -q 'libmagic\.so\.1' || need="$need libmagic1"
 python3 -c 'import ensurepip, venv' 2>/dev/null || need="$need python3-venv"
-# the tests sign a PE with a throwaway CA to check Authenticode verification
-[ "${1:-}" = "--test" ] && ! command -v osslsigncode >/dev/null && need="$need osslsigncode"
+if [ "${1:-}" = "--test" ]; then
+    # the tests sign a PE with a throwaway CA to check Authenticode verification
+    command -v osslsigncode >/dev/null || need="$need osslsigncode"
+    # syslog forwarding is tested against a real rsyslog on loopback
+    command -v rsyslogd >/dev/null || need="$need rsyslog"
+fi
 if [ -n "$need" ]; then
     echo "installing system packages:$need"
     $SUDO apt-get update -qq
