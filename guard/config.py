@@ -13,7 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .errors import ConfigError
 
@@ -107,6 +107,12 @@ def embedded_default() -> Config:
     that exist, enforce mode, bundled rules."""
     from .folders import existing, known_folders
 
+    if is_root() and platform.system() == "Linux":
+        # The system agent guards every person on the machine, not root's own folders.
+        watches = [WatchFolder(Path(kf.path), _first_source(kf))
+                   for home in user_homes() for kf in existing(known_folders(home=home))]
+        if watches:
+            return Config(**_default_paths(), watch=tuple(dict.fromkeys(watches)))
     folders = known_folders()
     watches = [WatchFolder(Path(kf.path), _first_source(kf)) for kf in existing(folders)]
     if not any(w.source == "browser" for w in watches) and folders:
@@ -116,6 +122,29 @@ def embedded_default() -> Config:
                          folders[0])
         watches.insert(0, WatchFolder(Path(downloads.path), "browser"))
     return Config(**_default_paths(), watch=tuple(watches))
+
+
+def user_homes(passwd: Iterable[Any] | None = None, login_defs: str = "/etc/login.defs"
+               ) -> list[Path]:
+    """Home folders of the machine's people: accounts with a UID in the login range
+    (UID_MIN..UID_MAX of login.defs, default 1000..60000), a login shell and a home that
+    exists. Their existing download and chat folders are what the root agent watches."""
+    import pwd
+    lo, hi = 1000, 60000
+    try:
+        for line in open(login_defs, encoding="utf-8", errors="replace"):
+            parts = line.split()
+            if len(parts) == 2 and parts[0] in ("UID_MIN", "UID_MAX") and parts[1].isdigit():
+                lo, hi = (int(parts[1]), hi) if parts[0] == "UID_MIN" else (lo, int(parts[1]))
+    except OSError:
+        pass
+    homes = []
+    for pw in (passwd if passwd is not None else pwd.getpwall()):
+        if not lo <= pw.pw_uid <= hi or pw.pw_shell.endswith(("nologin", "/false")):
+            continue
+        if pw.pw_dir and os.path.isdir(pw.pw_dir) and pw.pw_dir != "/":
+            homes.append(Path(pw.pw_dir))
+    return sorted(set(homes))
 
 
 def _first_source(kf: Any) -> str:

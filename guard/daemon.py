@@ -27,6 +27,7 @@ from .audit.record import admin_record, scan_record
 from .config import Config, WatchFolder, load_config
 from .errors import FileChanged, GuardError, LockedError, QuarantineError
 from .identify.containers import Limits
+from .platform import systemd
 from .policy.engine import decide
 from .scanner import ScanOptions, Scanner, load_rules
 from .sources.meeting import MeetingMonitor
@@ -35,6 +36,7 @@ from .verdict import Action, Level
 
 DRAIN_S = 4.0              # SIGTERM: finish queued work for this long, then leave
 _HEARTBEAT_S = 10.0        # status.json is rewritten at least this often
+_STALL_S = 120.0           # queued files and none scanned this long: the pipeline is hung
 _VERDICTS_MAX = 1024       # recent verdicts by file identity, for launch decisions
 _LAUNCH_SCAN_MAX = 64 * 1024 * 1024   # a launch of a larger unscanned file is not scanned
 _SEEN_MAX = 200_000        # identities remembered so an unchanged file is not rescanned
@@ -91,6 +93,9 @@ class Daemon:
         self._stop = threading.Event()
         self._sweep_now = threading.Event()
         self._wake = threading.Event()          # pokes the housekeeper
+        self._watchdog_s = systemd.watchdog_interval_s()
+        self._progress = (0, time.monotonic())  # (scanned, when it last moved)
+        self._stall_reported = False
         self._overflowed = False           # the watcher dropped files on a full queue
         self._worked = False               # a job ran since the last heap trim
         self._housekeeper: threading.Thread | None = None
@@ -205,6 +210,8 @@ class Daemon:
         self._housekeeper.start()
         # the housekeeper's first pass is the start sweep: files that arrived while we were off
         self.write_status("running")
+        systemd.notify("READY=1", f"STATUS=watching {len(self.watcher.watching)} folders, "
+                       f"launch control {self.launch.backend}")
 
     def run_forever(self) -> int:
         """Main-thread loop: signals set flags; returns the exit code."""
@@ -230,6 +237,7 @@ class Daemon:
         return 0
 
     def stop(self) -> None:
+        systemd.notify("STOPPING=1")
         self.write_status("stopping")
         self.launch.stop()           # first: the kernel allows whatever is still pending
         self.watcher.stop()
@@ -259,6 +267,13 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: new config and rules, or keep the last good ones and log why."""
+        systemd.notify("RELOADING=1")
+        try:
+            self._reload_config()
+        finally:
+            systemd.notify("READY=1")
+
+    def _reload_config(self) -> None:
         try:
             config = load_config(self.config_path)
             scanner = self._build_scanner(config)
@@ -361,11 +376,32 @@ class Daemon:
             self._check_allowlist()
             self._check_break_glass()
             busy = self._maybe_write_status() or self._queue.qsize() > 0 or self._overflowed
-            idle_s = min(_HEARTBEAT_S, max(0.0, next_sweep - time.monotonic()))
+            self._feed_watchdog()
+            idle_s = min(_HEARTBEAT_S, self._watchdog_s or _HEARTBEAT_S,
+                         max(0.0, next_sweep - time.monotonic()))
             self._wake.wait(1.0 if busy else idle_s)
             rest = 1.0 - (time.monotonic() - started)
             if rest > 0 and not self._sweep_now.is_set():
                 self._stop.wait(rest)          # a burst of pokes: still one round a second
+
+    def _feed_watchdog(self) -> None:
+        """WATCHDOG=1 to systemd while the pipeline works: every worker thread alive, and
+        files queued are being scanned. A hung agent stops feeding and is restarted."""
+        if self._watchdog_s is None:
+            return
+        now = time.monotonic()
+        scanned = self.counters.scanned
+        if scanned != self._progress[0] or self._queue.qsize() == 0:
+            self._progress = (scanned, now)
+        stalled_s = now - self._progress[1]
+        alive = all(t.is_alive() for t in self._workers)
+        if alive and stalled_s < _STALL_S:
+            systemd.notify("WATCHDOG=1")
+        elif not self._stall_reported:
+            self._stall_reported = True
+            self._error("pipeline stalled: " + ("a worker thread died" if not alive else
+                        f"no file scanned for {stalled_s:.0f} s with {self._queue.qsize()} "
+                        "queued") + "; not feeding the service watchdog")
 
     def _check_allowlist(self) -> None:
         """Hot reload: a good edit applies at once; a bad one is refused and logged with

@@ -82,3 +82,21 @@ def test_embedded_default_watches_existing_download_folder(tmp_path, monkeypatch
     assert (str(tmp_path / "Downloads"), "browser") in watched
     assert any(p == str(tmp_path / "Documents" / "Zoom") for p, _ in watched)
     assert c.source == "<embedded default>"
+
+
+def test_user_homes_are_the_people_with_a_login_and_a_home(tmp_path):
+    from types import SimpleNamespace as P
+    from guard.config import user_homes
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    alice.mkdir()
+    bob.mkdir()
+    defs = tmp_path / "login.defs"
+    defs.write_text("# comment\nUID_MIN\t\t 2000\nUID_MAX 3000\n")
+    rows = [P(pw_uid=2001, pw_shell="/bin/bash", pw_dir=str(alice)),
+            P(pw_uid=2002, pw_shell="/usr/sbin/nologin", pw_dir=str(bob)),     # no login
+            P(pw_uid=1500, pw_shell="/bin/sh", pw_dir=str(bob)),               # below UID_MIN
+            P(pw_uid=2003, pw_shell="/bin/zsh", pw_dir=str(tmp_path / "gone")),  # no home
+            P(pw_uid=2004, pw_shell="/bin/bash", pw_dir="/"),
+            P(pw_uid=2005, pw_shell="/bin/bash", pw_dir=str(alice))]           # same home
+    assert user_homes(rows, str(defs)) == [alice]
+    assert user_homes(rows, str(tmp_path / "missing.defs")) == [alice, bob]      # 1000..60000

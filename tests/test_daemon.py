@@ -358,3 +358,33 @@ def test_a_break_glass_file_not_owned_by_the_agent_user_is_ignored(agent, tmp_pa
     (tmp_path / "elsewhere").write_text("x")
     time.sleep(1.5)
     assert a.status()["break_glass"] is False
+
+
+def test_systemd_notify_ready_watchdog_and_stopping(agent, tmp_path):
+    """The sd_notify protocol on a real datagram socket, as systemd's Type=notify with
+    WatchdogSec=2 would set it up (systemd itself does not run on the test machine)."""
+    import socket
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(10)
+    try:
+        a = agent(env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "2000000"})
+        got: list[str] = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and got.count("WATCHDOG=1") < 2:
+            got.extend(sock.recv(4096).decode().splitlines())
+        assert "READY=1" in got and got.count("WATCHDOG=1") >= 2
+        assert any(line.startswith("STATUS=watching 1 folders") for line in got)
+        a.proc.send_signal(signal.SIGHUP)
+        seen = []
+        while "READY=1" not in seen:
+            seen.extend(sock.recv(4096).decode().splitlines())
+        assert "RELOADING=1" in seen
+        a.proc.send_signal(signal.SIGTERM)
+        tail = []
+        while "STOPPING=1" not in tail:
+            tail.extend(sock.recv(4096).decode().splitlines())
+        assert a.proc.wait(10) == 0
+    finally:
+        sock.close()

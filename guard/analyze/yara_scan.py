@@ -30,7 +30,7 @@ RULE_SUFFIXES = (".yar", ".yara")
 EXTERNALS: dict[str, str] = {
     "filename": "", "filepath": "", "extension": "", "filetype": "", "md5": "", "owner": "",
 }
-BUNDLED_RULES = Path(__file__).resolve().parent.parent.parent / "rules"
+BUNDLED_RULES = Path(__file__).resolve().parent.parent / "rules"   # package data
 _USES_MD5 = re.compile(rb"(?<![.\w])md5\b(?!\s*\()")   # the external, not hash.md5()
 _YARA_ERROR_RE = re.compile(r"^(?P<path>.*)\((?P<line>\d+)\): (?:error: )?(?P<msg>.*)$", re.S)
 
