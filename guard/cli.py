@@ -115,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     from . import allow_cli
     allow_cli.add_parser(sub, [cfg])
 
+    doc = sub.add_parser("doctor", parents=[cfg],
+                         help="check the installation: exit 0 healthy, 1 degraded")
+    doc.add_argument("--json", action="store_true")
+
+    svc = sub.add_parser("service", help="install or remove the Windows service (on Linux and "
+                         "macOS: systemd and launchd files in packaging/)")
+    svc.add_argument("action", choices=["install", "remove", "start", "stop", "restart",
+                                        "debug"])
+
     rules = sub.add_parser("rules", help="YARA rule tools")
     rsub = rules.add_subparsers(dest="rules_command", metavar="ACTION")
     check = rsub.add_parser("check", help="compile rule folders and list every broken file")
@@ -145,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("log", "verify"): cmd_log_verify, ("log", "tail"): cmd_log_tail,
         ("break-glass", None): cmd_break_glass,
         ("allow", None): lambda a: _allow(a),
+        ("doctor", None): cmd_doctor, ("service", None): cmd_service,
     }
     sub_action = (getattr(args, "rules_command", None) or getattr(args, "q_command", None)
                   or getattr(args, "log_command", None) or getattr(args, "config_command", None))
@@ -496,6 +506,23 @@ def cmd_log_tail(args: argparse.Namespace) -> int:
     for rec in iter_records(path, follow=True):
         emit(rec)
     return EXIT_CLEAN
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import as_json, report, run_checks
+    checks = run_checks(getattr(args, "config", None))
+    text, code = report(checks)
+    print(json.dumps(as_json(checks), indent=1) if args.json else text)
+    return code
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    from .platform.windows import ServiceUnavailable, handle
+    try:
+        return handle(args.action)
+    except ServiceUnavailable as exc:
+        _print_error(str(exc))
+        return EXIT_ERROR
 
 
 def cmd_break_glass(args: argparse.Namespace) -> int:

@@ -66,6 +66,18 @@ class Config:
     meeting_apps: tuple[str, ...] = DEFAULT_MEETING_APPS
     meeting_linger_s: float = 900.0
     meeting_poll_s: float = 2.0
+    # SIEM: every audit record to a syslog collector (RFC 5424; CEF message optional)
+    syslog_target: str = ""         # udp://host:514 | tcp://host:514 | tls://host:6514
+    syslog_format: str = "rfc5424"  # rfc5424 (the ECS JSON as message) | cef
+    syslog_tls_ca: Path | None = None
+    syslog_tls_cert: Path | None = None
+    syslog_tls_key: Path | None = None
+    syslog_tls_verify: bool = True
+    # fleet allowlist: a signed bundle pulled from a URL, applied only when newer
+    allowlist_url: str = ""
+    allowlist_pubkeys: tuple[Path, ...] = ()
+    allowlist_pull_s: float = 300.0
+    allowlist_ca_file: Path | None = None
     source: str = "<embedded default>"   # where this config came from
 
 
@@ -218,8 +230,12 @@ _SIMPLE: dict[str, tuple[type, ...]] = {
     "meeting_linger_s": (int, float), "meeting_poll_s": (int, float),
     "launch_control": (str,), "decision_timeout_s": (int, float), "fail_mode": (str,),
     "process_poll_s": (int, float), "break_glass_file": (str,),
+    "syslog_target": (str,), "syslog_format": (str,), "syslog_tls_ca": (str,),
+    "syslog_tls_cert": (str,), "syslog_tls_key": (str,), "syslog_tls_verify": (bool,),
+    "allowlist_url": (str,), "allowlist_pull_s": (int, float), "allowlist_ca_file": (str,),
 }
-_LISTS = {"rules", "exclude", "meeting_apps", "launch_extra_paths"}
+_LISTS = {"rules", "exclude", "meeting_apps", "launch_extra_paths", "allowlist_pubkeys"}
+_OPTIONAL_PATHS = ("syslog_tls_ca", "syslog_tls_cert", "syslog_tls_key", "allowlist_ca_file")
 
 
 def _expand(value: str) -> Path:
@@ -263,9 +279,26 @@ def _build(raw: dict[str, Any], text: str, source: str) -> Config:
         raise fail("launch_control must be auto, fanotify, monitor or off", "launch_control")
     if values.get("fail_mode", "open") not in ("open", "closed"):
         raise fail("fail_mode must be open or closed", "fail_mode")
-    for key in ("decision_timeout_s", "process_poll_s"):
+    for key in ("decision_timeout_s", "process_poll_s", "allowlist_pull_s"):
         if key in values and values[key] <= 0:
             raise fail(f"{key} must be more than 0", key)
+    target = values.get("syslog_target", "")
+    if target and not re.fullmatch(r"(udp|tcp|tls)://[^\s/:]+(:\d{1,5})?/?", target):
+        raise fail("syslog_target must look like udp://host:514, tcp://host:514 or "
+                   "tls://host:6514", "syslog_target")
+    if values.get("syslog_format", "rfc5424") not in ("rfc5424", "cef"):
+        raise fail("syslog_format must be rfc5424 or cef", "syslog_format")
+    url = values.get("allowlist_url", "")
+    if url and not re.match(r"https?://", url):
+        raise fail("allowlist_url must be an http:// or https:// URL", "allowlist_url")
+    if url and not values.get("allowlist_pubkeys"):
+        raise fail("allowlist_url needs allowlist_pubkeys: the public keys whose "
+                   "signatures are trusted", "allowlist_url")
+    for key in _OPTIONAL_PATHS:
+        if key in values:
+            values[key] = _expand(values[key])
+    if "allowlist_pubkeys" in values:
+        values["allowlist_pubkeys"] = tuple(_expand(v) for v in values["allowlist_pubkeys"])
     for key in ("quarantine_dir", "log_file", "allowlist", "state_dir"):
         values[key] = _expand(values[key]) if key in values else base[key]
     values["break_glass_file"] = _expand(values["break_glass_file"]) if \

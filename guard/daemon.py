@@ -93,6 +93,7 @@ class Daemon:
         self._stop = threading.Event()
         self._sweep_now = threading.Event()
         self._wake = threading.Event()          # pokes the housekeeper
+        self._status_lock = threading.Lock()
         self._watchdog_s = systemd.watchdog_interval_s()
         self._progress = (0, time.monotonic())  # (scanned, when it last moved)
         self._stall_reported = False
@@ -681,11 +682,12 @@ class Daemon:
     def write_status(self, state: str, status: dict[str, Any] | None = None) -> None:
         path = self.config.state_dir / "status.json"
         tmp = path.with_name(f".status.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(status or self.status(state), indent=1))
-            os.replace(tmp, path)
-        except OSError as exc:
-            self.last_error = f"status file: {exc}"
+        with self._status_lock:          # the housekeeper, start/stop and reload all write
+            try:
+                tmp.write_text(json.dumps(status or self.status(state), indent=1))
+                os.replace(tmp, path)
+            except OSError as exc:
+                self.last_error = f"status file: {exc}"
 
 
 def read_status(config: Config) -> dict[str, Any] | None:

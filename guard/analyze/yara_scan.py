@@ -79,6 +79,11 @@ class RuleSet:
     def __len__(self) -> int:
         return len(self.files)
 
+    @property
+    def rule_count(self) -> int:
+        """How many rules compiled (private and global ones included)."""
+        return sum(1 for _ in self._rules) if self._rules is not None else 0
+
     def match(self, data: bytes, externals: Mapping[str, str], timeout_s: float = 10.0
               ) -> list[RuleHit]:
         """Match *data*. Raises ``TimeoutError`` when the scan exceeds *timeout_s*."""
