@@ -1,8 +1,11 @@
-"""`guard allow`: add, remove, list and check allowlist entries.
+"""`guard allow`: add, remove, list and check allowlist entries; keygen, sign and verify
+the signed bundles agents pull (see ``guard.policy.distribution``).
 
 Functions take the parsed arguments and the Config and return an exit code; errors are
 raised as GuardError subclasses for ``guard.cli`` to print. Every change (and every
-refused change) is written to the audit log through the ``audit`` callback.
+refused change) is written to the audit log through the ``audit`` callback. ``keygen``,
+``sign`` and ``verify`` change nothing an agent enforces (they run on the admin's signing
+machine) and write no audit record; each agent logs every version it applies.
 
 Wiring in ``guard/cli.py``::
 
@@ -15,6 +18,7 @@ Wiring in ``guard/cli.py``::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -70,7 +74,49 @@ def add_parser(subparsers: Any, parents: Sequence[argparse.ArgumentParser] = ()
                             help="would this file be allowed to run? (exit 0 yes, 1 no)")
     ck.add_argument("file", metavar="PATH")
     ck.add_argument("--json", action="store_true", help="one JSON document")
+
+    kg = actions.add_parser("keygen", parents=parents, help="make an Ed25519 signing key pair",
+                            description="Make a key pair for signing allowlist bundles. Keep "
+                            "the private key offline; give the public key to the agents.")
+    kg.add_argument("--private", required=True, metavar="FILE",
+                    help="private key to create (mode 0600; never overwritten)")
+    kg.add_argument("--public", required=True, metavar="FILE",
+                    help="public key to create (mode 0644; never overwritten)")
+
+    sg = actions.add_parser("sign", parents=parents, help="sign the allowlist into a bundle "
+                            "agents can pull", description="Sign ALLOWLIST (default: the "
+                            "configuration's allowlist) into a bundle for agents to pull from "
+                            "a URL. It must load as an allowlist. Agents apply only versions "
+                            "higher than the one they have.")
+    sg.add_argument("allowlist_file", nargs="?", metavar="ALLOWLIST")
+    sg.add_argument("--key", required=True, metavar="PRIVATE_KEY",
+                    help="Ed25519 private key (PEM, from `guard allow keygen`)")
+    sg.add_argument("--version", type=_bundle_version, metavar="N", dest="bundle_version",
+                    help="bundle version (default: the Unix time, or one more than the "
+                    "version in --out when that is higher)")
+    sg.add_argument("--out", metavar="FILE", help="write the bundle here (default: stdout)")
+
+    vf = actions.add_parser("verify", parents=parents, help="check a signed bundle",
+                            description="Verify a bundle (a file, - for stdin, or an http(s) "
+                            "URL) as an agent would, and print its version and key.")
+    vf.add_argument("bundle", metavar="BUNDLE")
+    vf.add_argument("--pubkey", action="append", metavar="FILE",
+                    help="trusted public key (repeatable; default: the configuration's "
+                    "allowlist_pubkeys)")
+    vf.add_argument("--min-version", type=int, metavar="N",
+                    help="refuse a version not higher than N (what the agent applied)")
+    vf.add_argument("--json", action="store_true", help="one JSON document")
     return allow
+
+
+def _bundle_version(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= 2 ** 63 - 1:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 2**63-1: {text!r}")
+    return value
 
 
 def _target_args(p: argparse.ArgumentParser) -> None:
@@ -93,10 +139,11 @@ def _date(text: str) -> _dt.date:
 def dispatch(args: argparse.Namespace, config: Any, audit: Audit | None = None) -> int:
     """Run the `guard allow` action in *args*. Returns the exit code."""
     action = getattr(args, "allow_command", None)
-    handlers = {"add": cmd_add, "remove": cmd_remove, "list": cmd_list, "check": cmd_check}
+    handlers = {"add": cmd_add, "remove": cmd_remove, "list": cmd_list, "check": cmd_check,
+                "keygen": cmd_keygen, "sign": cmd_sign, "verify": cmd_verify}
     if action not in handlers:
-        raise AllowCommandError("choose an action: guard allow add|remove|list|check "
-                                "(see guard allow --help)")
+        raise AllowCommandError("choose an action: guard allow add|remove|list|check|keygen|"
+                                "sign|verify (see guard allow --help)")
     return handlers[action](args, config, audit)
 
 
@@ -187,6 +234,166 @@ def cmd_check(args: argparse.Namespace, config: Any, audit: Audit | None = None)
         print(explanation)
         print(f"signature: {_describe_signature(info)}")
     return EXIT_OK if entry is not None else EXIT_NOT_ALLOWED
+
+
+# --- signed distribution ----------------------------------------------------------------
+
+def cmd_keygen(args: argparse.Namespace, config: Any, audit: Audit | None = None) -> int:
+    from .policy.distribution import generate_keypair, key_id_of, load_public_keys
+
+    private, public = Path(args.private), Path(args.public)
+    if private.resolve() == public.resolve():
+        raise AllowCommandError("--private and --public must be two different files")
+    for path in (private, public):
+        if os.path.lexists(path):
+            raise AllowCommandError("already exists: refusing to overwrite a key",
+                                    str(path))
+    private_pem, public_pem = generate_keypair()
+    _create_exclusive(private, private_pem, 0o600)
+    try:
+        _create_exclusive(public, public_pem, 0o644)
+    except GuardError:
+        private.unlink()
+        raise
+    key_id = key_id_of(load_public_keys([public_pem.decode("ascii")])[0])
+    print(f"key {key_id}: private key {private} (keep it offline), public key {public} "
+          "(for the agents' allowlist_pubkeys)")
+    return EXIT_OK
+
+
+def cmd_sign(args: argparse.Namespace, config: Any, audit: Audit | None = None) -> int:
+    import sys
+    import time
+
+    from .policy.allowlist import MAX_BYTES
+    from .policy.distribution import (load_private_key, read_bundle_version,
+                                      sign_allowlist, verify_bundle)
+
+    source = Path(args.allowlist_file or config.allowlist)
+    key = load_private_key(args.key)
+    data = _read_regular(source, MAX_BYTES)
+    out = Path(args.out) if args.out else None
+    previous = None
+    if out is not None and os.path.lexists(out):
+        previous = read_bundle_version(_read_regular(out, 64 << 20))
+    version = args.bundle_version
+    if version is None:
+        version = max(int(time.time()), (previous or 0) + 1)
+    elif previous is not None and version <= previous:
+        raise AllowCommandError(f"--version {version} is not higher than the version in "
+                                f"{out} ({previous}): agents would refuse it")
+    bundle = sign_allowlist(data, key, version, source=source)
+    signed = verify_bundle(bundle, [key.public_key()], min_version=None)   # read back
+    summary = (f"signed {source} ({signed.entries} entr{'y' if signed.entries == 1 else 'ies'}"
+               f") as version {signed.version} with key {signed.key_id}")
+    if out is None:
+        sys.stdout.buffer.write(bundle)
+        sys.stdout.flush()
+        print(summary, file=sys.stderr)
+    else:
+        _write_replace(out, bundle)
+        print(f"{summary}: {out}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace, config: Any, audit: Audit | None = None) -> int:
+    import sys
+
+    from .policy.distribution import (DEFAULT_MAX_BYTES, fetch_bundle, load_public_keys,
+                                      verify_bundle)
+
+    keys = args.pubkey or list(getattr(config, "allowlist_pubkeys", None) or ())
+    if not keys:
+        raise AllowCommandError("name a trusted public key: --pubkey FILE")
+    public_keys = load_public_keys(keys)
+    where = args.bundle
+    if where.startswith(("http://", "https://")):
+        data = fetch_bundle(where, timeout_s=30.0, max_bytes=DEFAULT_MAX_BYTES,
+                            ca_file=getattr(config, "allowlist_ca_file", None)).data
+    elif where == "-":
+        data = sys.stdin.buffer.read(DEFAULT_MAX_BYTES + 1)
+        where = "<stdin>"
+    else:
+        data = _read_regular(Path(where), DEFAULT_MAX_BYTES)
+    signed = verify_bundle(data, public_keys, min_version=args.min_version, source=where)
+    if args.json:
+        print(json.dumps({"bundle": where, "valid": True, "version": signed.version,
+                          "key_id": signed.key_id, "signed_at": signed.signed_at,
+                          "entries": signed.entries, "sha256": signed.sha256}, indent=2))
+    else:
+        print(f"{where}: valid: version {signed.version}, key {signed.key_id}, signed at "
+              f"{signed.signed_at}, {signed.entries} entr"
+              f"{'y' if signed.entries == 1 else 'ies'} (allowlist sha256 {signed.sha256})")
+    return EXIT_OK
+
+
+def _read_regular(path: Path, max_bytes: int) -> bytes:
+    """The bytes of the regular file *path* (at most *max_bytes*, else an error)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise AllowCommandError(f"cannot open: {exc.strerror or exc}", str(path)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise AllowCommandError("not a regular file", str(path))
+        chunks, total = [], 0
+        while total <= max_bytes:
+            chunk = os.read(fd, _BLOCK)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    except OSError as exc:
+        raise AllowCommandError(f"cannot read: {exc.strerror or exc}", str(path)) from None
+    finally:
+        os.close(fd)
+    if total > max_bytes:
+        raise AllowCommandError(f"larger than {max_bytes} bytes", str(path))
+    return b"".join(chunks)
+
+
+def _create_exclusive(path: Path, data: bytes, mode: int) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_NOFOLLOW", 0), mode)
+    except OSError as exc:
+        raise AllowCommandError(f"cannot create: {exc.strerror or exc}", str(path)) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if hasattr(os, "fchmod"):
+                os.fchmod(fh.fileno(), mode)      # whatever the umask
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise AllowCommandError(f"cannot write: {exc.strerror or exc}", str(path)) from None
+
+
+def _write_replace(path: Path, data: bytes) -> None:
+    """Write *data* beside *path* and rename it over (mode 0644): a web server serving
+    *path* never sends half a bundle."""
+    import tempfile
+
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise AllowCommandError(f"cannot write: {exc.strerror or exc}", str(path)) from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if hasattr(os, "fchmod"):
+                os.fchmod(fh.fileno(), 0o644)
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise AllowCommandError(f"cannot write: {exc.strerror or exc}", str(path)) from None
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -301,4 +508,5 @@ def _log_writer(config: Any) -> Audit:
 
 
 __all__ = ["AllowCommandError", "Allowlist", "AllowlistError", "add_parser", "cmd_add",
-           "cmd_check", "cmd_list", "cmd_remove", "dispatch"]
+           "cmd_check", "cmd_keygen", "cmd_list", "cmd_remove", "cmd_sign", "cmd_verify",
+           "dispatch"]

@@ -351,6 +351,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if al:
         print(f"  allowlist: {al.get('entries', 0)} entries from {al.get('path')}"
               + (f"; REFUSED EDIT: {al['error']}" if al.get("error") else ""))
+        pull = al.get("pull") or {}
+        if pull:
+            print(f"  allowlist source: {pull.get('url')}, version "
+                  f"{pull.get('applied_version') or 'none yet'}"
+                  + (f"; last error: {pull['last_error']}" if pull.get("last_error") else ""))
     if status.get("break_glass"):
         print("  BREAK-GLASS: monitor mode in force")
     if status.get("last_error"):

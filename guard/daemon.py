@@ -25,7 +25,7 @@ from .actions.notify import Notifier, quarantine_message
 from .actions.quarantine import Expected, Vault
 from .audit.record import admin_record, scan_record
 from .config import Config, WatchFolder, load_config
-from .errors import FileChanged, GuardError, LockedError, QuarantineError
+from .errors import ConfigError, FileChanged, GuardError, LockedError, QuarantineError
 from .identify.containers import Limits
 from .platform import systemd
 from .policy.engine import decide
@@ -115,6 +115,7 @@ class Daemon:
         self.meeting = MeetingMonitor(config.meeting_apps, config.meeting_linger_s,
                                       config.meeting_poll_s, on_change=self._meeting_changed)
         self.watcher = self._build_watcher(config)
+        self.puller = self._build_puller(config)
         from .policy.allowlist import AllowlistStore
         self.allowlist = AllowlistStore(config.allowlist)
         self._allowlist_error = ""
@@ -134,6 +135,30 @@ class Daemon:
                              on_new_folder=self._new_folder,
                              control_files=(config.allowlist, config.break_glass_file),
                              on_control_change=self._wake.set)
+
+    def _build_puller(self, config: Config):
+        """The signed-allowlist puller when allowlist_url is set; keys that do not load are
+        a configuration error (the agent refuses to start; a reload keeps the old)."""
+        if not config.allowlist_url:
+            return None
+        from .policy.distribution import AllowlistPuller, DistributionError, load_public_keys
+        try:
+            keys = load_public_keys([str(p) for p in config.allowlist_pubkeys])
+        except DistributionError as exc:
+            raise ConfigError(f"allowlist_pubkeys: {exc}", path=config.source) from None
+        return AllowlistPuller(config.allowlist_url, keys, config.allowlist, config.state_dir,
+                               interval_s=config.allowlist_pull_s,
+                               ca_file=config.allowlist_ca_file, on_event=self._pull_event)
+
+    def _pull_event(self, name: str, fields: dict[str, Any]) -> None:
+        """A pull applied a new signed allowlist, or refused one: log it; apply at once."""
+        fields = dict(fields)
+        outcome = fields.pop("outcome", "success")
+        message = fields.pop("message", "")
+        self._log(admin_record(name, outcome=outcome, message=message, **fields))
+        if outcome != "success":
+            self._error(f"allowlist pull refused, last good list kept: {message}")
+        self._wake.set()                      # the housekeeper reloads the new list now
 
     def _build_launch(self, config: Config):
         from .actions.launch import LaunchControl
@@ -206,6 +231,8 @@ class Daemon:
                                backend=self.launch.backend))
         self.meeting.poll()
         self.meeting.start()
+        if self.puller is not None:
+            self.puller.start()
         self._housekeeper = threading.Thread(target=self._housekeep, name="guard-sweep",
                                              daemon=True)
         self._housekeeper.start()
@@ -243,6 +270,8 @@ class Daemon:
         self.launch.stop()           # first: the kernel allows whatever is still pending
         self.watcher.stop()
         self.meeting.stop()
+        if self.puller is not None:
+            self.puller.stop()
         self._stop.set()
         self._wake.set()
         deadline = time.monotonic() + DRAIN_S
@@ -278,12 +307,18 @@ class Daemon:
         try:
             config = load_config(self.config_path)
             scanner = self._build_scanner(config)
+            puller = self._build_puller(config)
         except GuardError as exc:
             self._error(f"reload refused, previous configuration kept: {exc}")
             self._log(admin_record("config-reload", outcome="failure", message=str(exc)))
             return
         self.config = config
         self.scanner = scanner
+        if self.puller is not None:
+            self.puller.stop()
+        self.puller = puller
+        if puller is not None:
+            puller.start()
         with self._pending_lock:
             self._seen.clear()                  # new rules: everything deserves a new look
         self.watcher.stop()                 # folders, exclusions or settle time may differ
@@ -658,7 +693,8 @@ class Daemon:
                 "launch_control": self.launch.status(),
                 "allowlist": {"path": str(self.config.allowlist),
                               "entries": len(self.allowlist.current.entries),
-                              "error": self._allowlist_error}}
+                              "error": self._allowlist_error,
+                              "pull": self.puller.status() if self.puller else None}}
 
     def _status_token(self) -> tuple:
         """What status.json shows that can change, cheap to compare once a second."""

@@ -214,9 +214,16 @@ def _check_allowlist_source(config: Config) -> Iterator[Check]:
     if missing:
         yield Check("allowlist source", FAIL, f"public key file(s) missing: "
                     f"{', '.join(missing)}", "copy the fleet's public key there")
+        return
+    from .daemon import read_status
+    pull = ((read_status(config) or {}).get("allowlist") or {}).get("pull") or {}
+    if pull.get("last_error"):
+        yield Check("allowlist source", WARN, f"{config.allowlist_url}: {pull['last_error']}",
+                    "the last good list stays in force; check the server and the bundle")
     else:
         yield Check("allowlist source", OK, f"{config.allowlist_url}, "
-                    f"{len(config.allowlist_pubkeys)} trusted key(s)")
+                    f"{len(config.allowlist_pubkeys)} trusted key(s), applied version "
+                    f"{pull.get('applied_version') or 'none yet'}")
 
 
 _CHECKS: list[Callable[[Config], Iterator[Check]]] = [
