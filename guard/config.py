@@ -69,6 +69,7 @@ class Config:
     # SIEM: every audit record to a syslog collector (RFC 5424; CEF message optional)
     syslog_target: str = ""         # udp://host:514 | tcp://host:514 | tls://host:6514
     syslog_format: str = "rfc5424"  # rfc5424 (the ECS JSON as message) | cef
+    syslog_facility: str = "authpriv"
     syslog_tls_ca: Path | None = None
     syslog_tls_cert: Path | None = None
     syslog_tls_key: Path | None = None
@@ -230,11 +231,15 @@ _SIMPLE: dict[str, tuple[type, ...]] = {
     "meeting_linger_s": (int, float), "meeting_poll_s": (int, float),
     "launch_control": (str,), "decision_timeout_s": (int, float), "fail_mode": (str,),
     "process_poll_s": (int, float), "break_glass_file": (str,),
-    "syslog_target": (str,), "syslog_format": (str,), "syslog_tls_ca": (str,),
+    "syslog_target": (str,), "syslog_format": (str,), "syslog_facility": (str,),
+    "syslog_tls_ca": (str,),
     "syslog_tls_cert": (str,), "syslog_tls_key": (str,), "syslog_tls_verify": (bool,),
     "allowlist_url": (str,), "allowlist_pull_s": (int, float), "allowlist_ca_file": (str,),
 }
 _LISTS = {"rules", "exclude", "meeting_apps", "launch_extra_paths", "allowlist_pubkeys"}
+_FACILITIES = ("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp",
+               "cron", "authpriv", "ftp", "ntp", "audit", "alert", "clock",
+               *(f"local{n}" for n in range(8)))
 _OPTIONAL_PATHS = ("syslog_tls_ca", "syslog_tls_cert", "syslog_tls_key", "allowlist_ca_file")
 
 
@@ -286,6 +291,10 @@ def _build(raw: dict[str, Any], text: str, source: str) -> Config:
     if target and not re.fullmatch(r"(udp|tcp|tls)://[^\s/:]+(:\d{1,5})?/?", target):
         raise fail("syslog_target must look like udp://host:514, tcp://host:514 or "
                    "tls://host:6514", "syslog_target")
+    facility = values.get("syslog_facility", "authpriv")
+    if facility.lower() not in _FACILITIES and not (facility.isdigit() and int(facility) < 24):
+        raise fail(f"syslog_facility must be one of {', '.join(_FACILITIES)} or 0-23",
+                   "syslog_facility")
     if values.get("syslog_format", "rfc5424") not in ("rfc5424", "cef"):
         raise fail("syslog_format must be rfc5424 or cef", "syslog_format")
     url = values.get("allowlist_url", "")

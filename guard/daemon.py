@@ -111,6 +111,7 @@ class Daemon:
         from .audit.writer import AuditLog
         self.audit = AuditLog(config.log_file, max_bytes=int(config.log_max_mb * 1024 * 1024),
                               keep=config.log_keep)
+        self.forwarder = self._build_forwarder(config)
         self.notifier = Notifier(config.notify)
         self.meeting = MeetingMonitor(config.meeting_apps, config.meeting_linger_s,
                                       config.meeting_poll_s, on_change=self._meeting_changed)
@@ -135,6 +136,27 @@ class Daemon:
                              on_new_folder=self._new_folder,
                              control_files=(config.allowlist, config.break_glass_file),
                              on_control_change=self._wake.set)
+
+    def _build_forwarder(self, config: Config):
+        """Every audit record to the SIEM's syslog collector, when syslog_target is set.
+        The log itself is the buffer: records written while the collector is down are
+        sent when it is back (a cursor in state_dir remembers the last one delivered)."""
+        if not config.syslog_target:
+            return None
+        from .audit.forward import SyslogForwarder
+        return SyslogForwarder(config.log_file, config.syslog_target, config.state_dir,
+                               fmt=config.syslog_format,
+                               facility=int(config.syslog_facility)
+                               if config.syslog_facility.isdigit() else config.syslog_facility,
+                               tls_ca=config.syslog_tls_ca, tls_cert=config.syslog_tls_cert,
+                               tls_key=config.syslog_tls_key,
+                               tls_verify=config.syslog_tls_verify,
+                               on_gap=self._forward_gap)
+
+    def _forward_gap(self, first: int, last: int) -> None:
+        self._log(admin_record("forward-gap", outcome="failure", message=(
+            f"records {first}..{last} were rotated out of the audit log before the syslog "
+            "collector got them"), first_seq=first, last_seq=last))
 
     def _build_puller(self, config: Config):
         """The signed-allowlist puller when allowlist_url is set; keys that do not load are
@@ -216,6 +238,8 @@ class Daemon:
                                watched=[str(w.path) for w in self.config.watch],
                                recovered=[f"{i}:{o}" for i, o in recovered] or None,
                                rule_errors=self.rule_errors or None))
+        if self.forwarder is not None:
+            self.forwarder.start()
         for _ in range(self.config.workers):
             t = threading.Thread(target=self._work, name="guard-worker", daemon=True)
             t.start()
@@ -288,6 +312,9 @@ class Daemon:
             self._housekeeper.join(1.0)       # so it cannot write "running" after "stopped"
         self._log(admin_record("guard-stopped", message="guard stopped",
                                counters=self.counters.to_dict()))
+        if self.forwarder is not None:
+            self.forwarder.flush(2.0)           # what can go now goes; the rest at next start
+            self.forwarder.stop()
         self.notifier.close(0.5)
         self.audit.close()
         self.write_status("stopped")
@@ -308,6 +335,8 @@ class Daemon:
             config = load_config(self.config_path)
             scanner = self._build_scanner(config)
             puller = self._build_puller(config)
+            forwarder = self._build_forwarder(config) if _forwarding(config) != \
+                _forwarding(self.config) else self.forwarder
         except GuardError as exc:
             self._error(f"reload refused, previous configuration kept: {exc}")
             self._log(admin_record("config-reload", outcome="failure", message=str(exc)))
@@ -319,6 +348,12 @@ class Daemon:
         self.puller = puller
         if puller is not None:
             puller.start()
+        if forwarder is not self.forwarder:
+            if self.forwarder is not None:
+                self.forwarder.stop()
+            self.forwarder = forwarder
+            if forwarder is not None:
+                forwarder.start()
         with self._pending_lock:
             self._seen.clear()                  # new rules: everything deserves a new look
         self.watcher.stop()                 # folders, exclusions or settle time may differ
@@ -672,6 +707,9 @@ class Daemon:
             self.audit.write(record)
         except Exception as exc:
             self.last_error = f"audit log: {exc}"
+            return
+        if self.forwarder is not None:
+            self.forwarder.poke()               # to the SIEM now, not at the next poll
 
     def _error(self, message: str) -> None:
         self.last_error = message
@@ -694,7 +732,8 @@ class Daemon:
                 "allowlist": {"path": str(self.config.allowlist),
                               "entries": len(self.allowlist.current.entries),
                               "error": self._allowlist_error,
-                              "pull": self.puller.status() if self.puller else None}}
+                              "pull": self.puller.status() if self.puller else None},
+                "syslog": self.forwarder.status() if self.forwarder else None}
 
     def _status_token(self) -> tuple:
         """What status.json shows that can change, cheap to compare once a second."""
@@ -755,6 +794,12 @@ def _is_under(path: Path, root: Path) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _forwarding(config: Config) -> tuple:
+    return (config.syslog_target, config.syslog_format, config.syslog_facility,
+            config.syslog_tls_ca, config.syslog_tls_cert, config.syslog_tls_key,
+            config.syslog_tls_verify, config.log_file)
 
 
 def _launch_summary(verdict) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import time
 import unicodedata
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Generator, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Generator, Iterable, Iterator
 
 from . import AuditError
 from .writer import (ALG_HMAC, ALG_PLAIN, ZERO_HASH, canonical_json, chain_digest,
@@ -238,8 +238,20 @@ def _seq_hint(raw: bytes) -> int | None:
 
 # --- following the log ------------------------------------------------------------------
 
+class LogRecord(dict):  # type: ignore[type-arg]
+    """A record as ``iter_records`` yields it: the parsed dict, plus ``raw``, the line's
+    bytes exactly as in the file (without the newline), for shipping it unchanged."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, rec: dict[str, Any], raw: bytes) -> None:
+        super().__init__(rec)
+        self.raw = raw
+
+
 def iter_records(path: Path, follow: bool = False, poll_s: float = 0.2,
-                 stop: threading.Event | None = None) -> Iterator[dict[str, Any]]:
+                 stop: threading.Event | None = None, *, after_seq: int | None = None,
+                 on_idle: Callable[[], None] | None = None) -> Iterator[dict[str, Any]]:
     """Records from all of the log's files, oldest first; with ``follow``, then new ones.
 
     Follows across rotations (inode change: the rest of the old file is read, then the
@@ -250,14 +262,25 @@ def iter_records(path: Path, follow: bool = False, poll_s: float = 0.2,
     ``poll_s``). A line that is not JSON is yielded as ``{"event": {"action":
     "unparseable-line"}, "message": <its text>}``; a last line still being written is held
     back until complete. Does not verify the chain: that is ``verify_log``.
+
+    Every record is a ``LogRecord`` (a dict; ``.raw`` holds the line's bytes).
+    ``after_seq``: start after this seq; rotated files wholly before it are not read
+    (lines without a seq in the files that are read still come). ``on_idle``: called
+    on the reading thread each time ``follow`` has caught up, before it waits; what it
+    raises ends the iteration.
     """
     path = Path(path)
     seen = _SeqFilter()
+    seen.last = after_seq if after_seq is not None and after_seq > 0 else None
     tail = _Tail(path)      # pinned before listing: a rotation now cannot hide its records
     try:
         yield from _read_rotated(path, seen)
         yield from _admit_in_order(tail.read(), path, seen)
-        while follow and not _wait(stop, poll_s):
+        while follow:
+            if on_idle is not None:
+                on_idle()
+            if _wait(stop, poll_s):
+                break
             yield from _admit_in_order(tail.poll(), path, seen)
     finally:
         tail.close()
@@ -428,11 +451,12 @@ def _parse(raw: bytes, f: Path) -> dict[str, Any]:
     try:
         rec = json.loads(raw)
         if isinstance(rec, dict):
-            return rec
+            return LogRecord(rec, raw)
     except (ValueError, RecursionError):
         pass
-    return {"event": {"action": "unparseable-line"}, "log": {"file": {"path": str(f)}},
-            "message": raw.decode("utf-8", "replace")}
+    return LogRecord({"event": {"action": "unparseable-line"},
+                      "log": {"file": {"path": str(f)}},
+                      "message": raw.decode("utf-8", "replace")}, raw)
 
 
 def _wait(stop: threading.Event | None, poll_s: float) -> bool:
