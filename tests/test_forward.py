@@ -213,7 +213,9 @@ ruleset(name="fwd") {{ action(type="omfile" file="{self.out}" template="raw") }}
         if not self.out.exists():
             return []
         out = []
-        for line in self.out.read_bytes().splitlines():
+        data = self.out.read_bytes()
+        data = data[:data.rfind(b"\n") + 1]     # rsyslog may be writing the last line now
+        for line in data.splitlines():
             parts = line.split(b"\t", 4)
             out.append(([p.decode() for p in parts[:4]], parse_5424(parts[4])))
         return out
