@@ -19,10 +19,20 @@ O_NOFOLLOW, so a folder swapped for a link is never followed; everything after t
 on the opened descriptors. A file whose inode, size or mtime differ from what was scanned
 is not moved (FileChanged: rescan it). The source is removed by renaming it aside inside
 its own folder and unlinking only if the renamed entry is the inode that was copied.
+A restore to the original place walks from "/" and follows only links root made (the
+watched folder itself may have been swapped for a link), and only to the place the
+journal saw the file leave.
+
+Tests: ``Vault.step_hook`` is called after the steps "intent", "copy", "fsync",
+"rename", "meta", "aside", "unlink", "commit" of a quarantine, "restore-write" of a
+restore, and "recover-unlink", "recover-commit", "recover-link", "recover-putback",
+"recover-discard", "recover-rollback" of a recovery (tests/hostile/test_vault.py kills
+the process or swaps folders there).
 """
 
 from __future__ import annotations
 
+import ctypes
 import datetime as _dt
 import errno
 import hashlib
@@ -88,9 +98,79 @@ def _safe_component(name: str) -> bool:
         and "\n" not in name
 
 
-def open_below(root: Path, rel_parts: tuple[str, ...]) -> int:
-    """A descriptor for root/rel_parts..., refusing any link below root (O_NOFOLLOW)."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_LINKS_MAX = 40
+
+
+def _open_folder_strictly(folder: Path) -> int:
+    """A descriptor for the absolute *folder*, walked from "/" one component at a time.
+
+    A link on the way is followed only when nobody but root could have made or replaced
+    it: the link is root's (or ours) and sits in a root-owned folder that nobody else may
+    write to, or that is sticky. So ``/home -> /usr/home`` works, while a user's folder
+    swapped for a link (``~/Downloads -> /etc/profile.d``) is refused: restoring through
+    it would let the user choose where root writes a file (AVGater).
+    Raises FileChanged for an untrusted link, QuarantineError when the folder is missing.
+    """
+    trusted = {0, os.geteuid()}
+    parts = [p for p in str(folder).split("/") if p not in ("", ".")]
+    here: list[str] = []                       # the real folders walked so far
+    fd = os.open("/", _DIR_FLAGS)
+    links = 0
+    try:
+        while parts:
+            part = parts.pop(0)
+            if part == "..":                   # only from a link's target: fd is real
+                nxt = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+                here = here[:-1]
+                continue
+            try:
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                where = "/" + "/".join(here + [part])
+                if not stat.S_ISLNK(st.st_mode):
+                    raise FileChanged("a folder on the way is a file", path=where) from None
+                holder = os.fstat(fd)
+                if not (st.st_uid in trusted and holder.st_uid in trusted and (
+                        not holder.st_mode & 0o022 or holder.st_mode & stat.S_ISVTX)):
+                    raise FileChanged("refused: a folder on the way is a link that someone "
+                                      "other than root could have made (or swapped in); "
+                                      "restore it with --to", path=where) from None
+                links += 1
+                if links > _LINKS_MAX:
+                    raise FileChanged("too many links on the way", path=where) from None
+                target = os.readlink(part, dir_fd=fd)
+                if target.startswith("/"):
+                    os.close(fd)
+                    fd = os.open("/", _DIR_FLAGS)
+                    here = []
+                parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+                continue
+            os.close(fd)
+            fd = nxt
+            here.append(part)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_below(root: Path, rel_parts: tuple[str, ...], *, strict_root: bool = False) -> int:
+    """A descriptor for root/rel_parts..., refusing any link below root (O_NOFOLLOW).
+
+    *root* itself (a configured watched folder) is opened as named, links and all, unless
+    *strict_root*: then it is walked from "/" and only root's own links are followed.
+    """
+    try:
+        fd = _open_folder_strictly(root) if strict_root else os.open(
+            root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise QuarantineError(f"cannot open folder: {exc.strerror}", path=str(root)) from None
     try:
         for part in rel_parts:
             if not _safe_component(part):
@@ -147,9 +227,11 @@ class Vault:
         out = []
         for line in raw.splitlines():
             try:
-                out.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
                 continue          # a torn last line from a crash: its step never happened
+            if isinstance(record, dict) and isinstance(record.get("id"), str):
+                out.append(record)
         return out
 
     def _step(self, name: str) -> None:
@@ -176,6 +258,11 @@ class Vault:
             dir_fd = open_below(root, rel[:-1])
             try:
                 return self._quarantine_at(dir_fd, root, rel, path, expected, meta, item_id)
+            except OSError as exc:
+                # e.g. a full vault disk: the copy was discarded and the file is in place;
+                # say so in one line instead of a bare "[Errno 28]".
+                raise QuarantineError(f"not moved, the file stays in place: "
+                                      f"{exc.strerror or exc}", path=str(path)) from exc
             finally:
                 os.close(dir_fd)
 
@@ -195,6 +282,7 @@ class Vault:
             self._check_identity(st, expected, path, dir_fd)
             self._journal({"op": "intent", "id": item_id, "root": str(root),
                            "rel": list(rel), "dev": st.st_dev, "ino": st.st_ino,
+                           "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                            "sha256": expected.sha256})
             self._step("intent")
             self._copy(src, item_id, expected, path)
@@ -208,15 +296,26 @@ class Vault:
             self._write_meta(item_id, record)
             self._step("meta")
             self._remove_source(dir_fd, name, st, item_id, path)
-            self._step("unlink")
-            self._journal({"op": "commit", "id": item_id})
-            self._step("commit")
-            return Item(item_id, record)
         except BaseException:
             self._discard_partial(item_id)
             raise
         finally:
             os.close(src)
+        # The source is unlinked: the vault copy is the only copy now and is never
+        # discarded, whatever fails next. (Before, a failed fsync or a commit record that
+        # did not fit on a full vault disk discarded it too: the file was lost.) Without
+        # the commit record, recover() finds the item complete and writes it.
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            pass
+        self._step("unlink")
+        try:
+            self._journal({"op": "commit", "id": item_id})
+        except OSError:
+            pass
+        self._step("commit")
+        return Item(item_id, record)
 
     @staticmethod
     def _check_identity(st: os.stat_result, expected: Expected, path: Path, dir_fd: int
@@ -278,14 +377,20 @@ class Vault:
                        path: Path) -> None:
         aside = _REMOVING.format(id=item_id)
         os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        now = os.stat(aside, dir_fd=dir_fd, follow_symlinks=False)
+        try:
+            self._step("aside")
+            now = os.stat(aside, dir_fd=dir_fd, follow_symlinks=False)
+        except BaseException:
+            # The vault copy is about to be discarded: our file must not stay aside.
+            if _same_inode(dir_fd, aside, st):
+                _put_back(dir_fd, aside, name)
+            raise
         if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
             # Another file took the name between our open and the rename: give it its
             # name back and roll the vault copy back; the new file gets its own scan.
             _put_back(dir_fd, aside, name)
             raise FileChanged("the file was swapped during quarantine", path=str(path))
         os.unlink(aside, dir_fd=dir_fd)
-        os.fsync(dir_fd)
 
     def _discard_partial(self, item_id: str) -> None:
         for p in (self.tmp / f"{item_id}.part", self.tmp / f"{item_id}.json",
@@ -331,18 +436,45 @@ class Vault:
                         if _same_inode(dir_fd, candidate, intent):
                             os.unlink(candidate, dir_fd=dir_fd)
                             os.fsync(dir_fd)
+                            self._step("recover-unlink")
                 self._journal({"op": "commit", "id": item_id, "recovered": True})
+                self._step("recover-commit")
                 return "completed"
             if dir_fd >= 0 and _same_inode(dir_fd, aside, intent):
-                _put_back(dir_fd, aside, rel[-1])
+                _put_back(dir_fd, aside, rel[-1], self._step)
+                self._step("recover-putback")
             for p in (self.tmp / f"{item_id}.part", self.tmp / f"{item_id}.json",
                       self.items / f"{item_id}.bin", self.items / f"{item_id}.json"):
                 p.unlink(missing_ok=True)
+                self._step("recover-discard")
             self._journal({"op": "rollback", "id": item_id, "recovered": True})
+            self._step("recover-rollback")
             return "rolled-back"
         finally:
             if dir_fd >= 0:
                 os.close(dir_fd)
+
+    def _intent_of(self, item_id: str) -> dict[str, Any] | None:
+        """The journal's intent record for *item_id*: where the file was taken from."""
+        try:
+            raw = self.journal_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        needle = json.dumps({"id": item_id}, ensure_ascii=True)[1:-1].encode()
+        pos = raw.find(needle)
+        while pos >= 0:                  # only the few lines that name this id are parsed
+            start = raw.rfind(b"\n", 0, pos) + 1
+            end = raw.find(b"\n", pos)
+            end = len(raw) if end < 0 else end
+            try:
+                record = json.loads(raw[start:end])
+            except ValueError:
+                record = None
+            if isinstance(record, dict) and record.get("op") == "intent" and \
+                    record.get("id") == item_id:
+                return record
+            pos = raw.find(needle, end)
+        return None
 
     def _verify(self, item_id: str, sha256: str) -> bool:
         try:
@@ -392,6 +524,16 @@ class Vault:
             meta = item.meta
             root, rel = _validated_location(meta)
             name = rel[-1]
+            if to is None:
+                # The place to write to comes from the item's metadata: it must be where
+                # the journal saw the file leave, so an edited .json (a tampered or
+                # restored-from-backup vault) cannot point root's write somewhere else.
+                intent = self._intent_of(item_id)
+                if intent is None or intent.get("root") != meta["root"] or \
+                        intent.get("rel") != meta["rel"]:
+                    raise QuarantineError(
+                        "refused: the item's recorded location does not match the vault "
+                        "journal; restore it with --to", path=str(self.items / f"{item_id}.json"))
             if to is not None:
                 to = Path(to)
                 if to.is_dir():
@@ -400,10 +542,13 @@ class Vault:
                     root, rel = to.parent, (to.name,)
                 if not _safe_component(rel[-1]):
                     raise QuarantineError("unsafe target name", path=str(to))
-            dir_fd = open_below(root, rel[:-1])
+            # Back to the original folder: only through links root made (a user may have
+            # swapped a folder on the way for a link to where they cannot write). A --to
+            # path is the administrator's own choice and is opened as given.
+            dir_fd = open_below(root, rel[:-1], strict_root=to is None)
             try:
                 target = root.joinpath(*rel)
-                mode = meta.get("mode", 0o600) & 0o777 & ~0o7000   # never setuid/setgid
+                mode = meta["mode"] & 0o777          # never setuid/setgid/sticky
                 try:
                     fd = os.open(rel[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                                  | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
@@ -421,12 +566,15 @@ class Vault:
                         raise QuarantineError("vault copy is damaged (hash mismatch)",
                                               path=str(self.items / item_id))
                     if os.geteuid() == 0:
-                        os.fchown(fd, int(meta.get("uid", -1)), int(meta.get("gid", -1)))
+                        os.fchown(fd, meta["uid"], meta["gid"])
                     os.fchmod(fd, mode)
-                    os.utime(fd, ns=(int(meta.get("atime_ns", 0)), int(meta.get("mtime_ns", 0))))
+                    os.utime(fd, ns=(meta["atime_ns"], meta["mtime_ns"]))
                     os.fsync(fd)
+                    self._step("restore-write")
                 except BaseException:
-                    os.unlink(rel[-1], dir_fd=dir_fd)
+                    # Remove what we created, not whatever took the name since.
+                    if _same_inode(dir_fd, rel[-1], os.fstat(fd)):
+                        os.unlink(rel[-1], dir_fd=dir_fd)
                     raise
                 finally:
                     os.close(fd)
@@ -462,11 +610,15 @@ class Vault:
         _fsync_dir(self.items)
 
 
+_META_INTS = ("mode", "uid", "gid", "atime_ns", "mtime_ns")
+
+
 def _validated_location(meta: dict[str, Any]) -> tuple[Path, tuple[str, ...]]:
-    """Root and relative parts from metadata, refusing anything that could escape."""
+    """Root and relative parts from metadata, refusing anything that could escape
+    (and damaged fields that would fail half-way through a restore)."""
     root, rel = meta.get("root"), meta.get("rel")
-    if not isinstance(root, str) or not os.path.isabs(root) or \
-            os.path.normpath(root) != root.rstrip("/") and root != "/":
+    if not isinstance(root, str) or not os.path.isabs(root) or "\0" in root or \
+            "\n" in root or os.path.normpath(root) != root.rstrip("/") and root != "/":
         raise QuarantineError(f"refused: unsafe folder in metadata: {root!r}")
     if not isinstance(rel, list) or not rel or not all(
             isinstance(p, str) and _safe_component(p) for p in rel):
@@ -474,22 +626,78 @@ def _validated_location(meta: dict[str, Any]) -> tuple[Path, tuple[str, ...]]:
     original = meta.get("original_path")
     if original != os.path.join(root, *rel):
         raise QuarantineError("refused: metadata path fields disagree")
+    for key in _META_INTS:
+        if type(meta.get(key)) is not int or meta[key] < 0:
+            raise QuarantineError(f"refused: damaged metadata field {key!r}")
+    if not isinstance(meta.get("sha256"), str):
+        raise QuarantineError("refused: damaged metadata field 'sha256'")
     return Path(root), tuple(rel)
 
 
-def _same_inode(dir_fd: int, name: str, intent: dict[str, Any]) -> bool:
+def _same_inode(dir_fd: int, name: str, want: dict[str, Any] | os.stat_result) -> bool:
+    """*name* is the file *want* describes (an intent record, or a stat result): same
+    device and inode, and same size and mtime when the intent has them, so that an inode
+    number reused by a new file after a crash is not taken for ours."""
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except OSError:
         return False
-    return (st.st_dev, st.st_ino) == (intent["dev"], intent["ino"])
+    if isinstance(want, os.stat_result):
+        return (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino)
+    if (st.st_dev, st.st_ino) != (want["dev"], want["ino"]):
+        return False
+    return all(getattr(st, f"st_{k}") == want[k] for k in ("size", "mtime_ns") if k in want)
 
 
-def _put_back(dir_fd: int, aside: str, name: str) -> None:
-    """Rename *aside* back to *name* without overwriting anything that took its place."""
+_RENAME_NOREPLACE = 1
+
+
+def _renameat2_noreplace() -> Any:
     try:
-        os.link(aside, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-        os.unlink(aside, dir_fd=dir_fd)
-    except FileExistsError:
-        pass            # a new file holds the name: leave ours under the aside name
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None                   # not Linux, or glibc < 2.28
+    fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _renameat2_noreplace()
+
+
+def _put_back(dir_fd: int, aside: str, name: str, step: Any = None) -> None:
+    """Rename *aside* back to *name* without overwriting anything that took its place.
+
+    One renameat2(RENAME_NOREPLACE) where the system has it: it also puts back a folder
+    (an entry swapped for a folder is renamed aside too, and link() cannot restore it:
+    the user's folder stayed under the aside name). Else link, then unlink. Either way a
+    put-back cut short between link and unlink (a crash) is finished on the next try,
+    instead of leaving the same file twice in the user's folder.
+    """
+    taken = False
+    if _renameat2 is not None:
+        if _renameat2(dir_fd, os.fsencode(aside), dir_fd, os.fsencode(name),
+                      _RENAME_NOREPLACE) == 0:
+            os.fsync(dir_fd)
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EEXIST, errno.ENOSYS, errno.EINVAL):
+            raise OSError(err, os.strerror(err), aside)
+        taken = err == errno.EEXIST
+    if not taken:
+        try:
+            os.link(aside, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except FileExistsError:
+            taken = True
+    if taken:
+        try:
+            holder = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            holder = None
+        if holder is None or not _same_inode(dir_fd, aside, holder):
+            os.fsync(dir_fd)          # a new file holds the name: ours stays aside
+            return
+    if step is not None:
+        step("recover-link")
+    os.unlink(aside, dir_fd=dir_fd)
     os.fsync(dir_fd)
