@@ -77,11 +77,10 @@ class LaunchControl:
         self._cache_lock = threading.Lock()
         self._followup = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-launch")
         self._fan = None
+        self._mounts = None
         self._mon: ProcessMonitor | None = None
         # pid -> file key of its last allowed exec: the kernel's own open that follows
         self._recent_exec: dict[int, tuple[int, ...]] = {}
-        # decision details for answered events, by event fd, until _report takes them
-        self._pending_info: dict[int, tuple[LaunchDecision, dict[str, Any], str]] = {}
         self.stats = {"decisions": 0, "denied": 0, "allowed": 0, "timeouts": 0, "cached": 0}
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -95,9 +94,17 @@ class LaunchControl:
             if ok:
                 self._fan = fanotify.FanotifyGuard(self._quick, self._decide_fan, self._report,
                                                    self.deadline_s, self.fail_closed)
+                self._fan.confine = self.roots          # no mark ever lands outside them
+                mounts = fanotify.mount_points()
                 for root in self.roots:
-                    self._fan.mark_tree(root, self.exclude)
+                    self._fan.mark_tree(root, self.exclude, mounts)
+                # A mount made under a watched folder later (a USB stick, a tmpfs) is not
+                # under the folder marks: the mount watch gives it a mount mark. It starts
+                # watching before the first pass, so no mount falls in between.
+                self._mounts = fanotify.MountWatch(self._mounts_changed)
+                self._fan.mark_mounts(self.roots)
                 self._fan.start()
+                self._mounts.start()
                 self.backend, self.why = "fanotify", why
                 return
             if self.requested == "fanotify":
@@ -109,6 +116,9 @@ class LaunchControl:
         self.backend = "monitor"
 
     def stop(self) -> None:
+        if self._mounts is not None:
+            self._mounts.stop()
+            self._mounts = None
         if self._fan is not None:
             self._fan.close()          # the kernel allows anything still pending
             self._fan = None
@@ -121,6 +131,11 @@ class LaunchControl:
         """A new folder appeared under a watched one: put it under launch control too."""
         if self._fan is not None:
             self._fan.mark_tree(folder, self.exclude)
+
+    def _mounts_changed(self) -> None:
+        fan = self._fan
+        if fan is not None:
+            fan.mark_mounts(self.roots)
 
     def guard_file(self, path: str) -> bool:
         """Keep launch control on a file judged malicious that stays where it is (monitor
@@ -143,6 +158,7 @@ class LaunchControl:
         if self._fan is not None:
             out["fanotify"] = dict(self._fan.stats)
             out["marked_folders"] = len(self._fan.marked)
+            out["marked_mounts"] = len(self._fan.marked_mounts)
             out["guarded_files"] = len(self._fan.marked_files)
         elif self._mon is not None:
             out["guarded_files"] = len(self._mon.guarded)
@@ -228,7 +244,10 @@ class LaunchControl:
             self.stats["cached"] += 1
             if hit.allow and ev.is_exec:
                 self._remember_exec(ev.pid, key)
-            return Answer(hit.allow, "cache", hit.because)
+            # a refusal is logged: with this file's path (the decision may have been made
+            # for another name of it) and the process, read while it still waits
+            detail = None if hit.allow else (hit, _process_fields(ev.pid), ev.path())
+            return Answer(hit.allow, "cache", hit.because, detail)
         return None
 
     def _remember_exec(self, pid: int, key: tuple[int, ...]) -> None:
@@ -248,20 +267,23 @@ class LaunchControl:
             with self._cache_lock:
                 self._cache[self._cache_key(st)] = d
         proc = _process_fields(ev.pid)
-        self._pending_info[ev.fd] = (d, proc, path)
-        return Answer(d.allow, d.how, d.because)
+        if d.allow and ev.is_exec:
+            self._remember_exec(ev.pid, self._cache_key(st))
+        return Answer(d.allow, d.how, d.because, (d, proc, path))
 
     def _report(self, ev, ans, latency_s: float) -> None:
-        """After the answer went out: hand the record (and a denial's follow-up) over."""
-        d, proc, path = self._pending_info.pop(ev.fd, (None, None, ""))
+        """After the answer went out (the event's fd is still open): hand the record, and
+        a denial's follow-up, over. What the deciding side saw comes with the answer, so
+        a late decision can never lend its file to another event's record."""
         if ans.how in ("exempt",):
             return
         if ans.how == "cache" and ans.allow:
             return                                  # repeated allowed launches: no noise
+        d, proc, path = ans.detail if ans.detail is not None else (None, None, "")
         if proc is None:
             proc = _process_fields(ev.pid)
         if not path:
-            path = proc.get("target", "")
+            path = ev.path()
         if ans.how in ("fail-open", "fail-closed"):
             self.stats["timeouts"] += 1
         self._account(ans.allow)

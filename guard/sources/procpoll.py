@@ -9,6 +9,8 @@ process is identified by (pid, create_time), so a recycled PID is never mistaken
 from __future__ import annotations
 
 import os
+import re
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -21,9 +23,17 @@ INTERPRETERS = frozenset("""sh bash dash zsh ksh csh tcsh fish python python2 py
     java javaw lua tclsh""".split())
 
 
+# The dynamic loader runs the program named by its first operand
+# (`/lib64/ld-linux-x86-64.so.2 ./prog`): the program is opened and mapped, not exec'd.
+_LOADER = re.compile(r"ld(-linux[-\w]*|64|-musl-\w+)?\.so(\.\d+)*")
+
+
 def interpreter_name(name: str) -> str:
-    """'python3.11' -> 'python3', 'bash.exe' -> 'bash', else '' when not an interpreter."""
+    """'python3.11' -> 'python3', 'bash.exe' -> 'bash', 'ld-linux-x86-64.so.2' -> 'ld.so',
+    else '' when not an interpreter."""
     base = os.path.basename(name).lower().removesuffix(".exe")
+    if _LOADER.fullmatch(base):
+        return "ld.so"
     if base in INTERPRETERS:
         return base
     stripped = base.rstrip("0123456789.")
@@ -80,6 +90,10 @@ _OPTIONS = {
     **dict.fromkeys(("node", "nodejs", "deno", "bun"),
                     (frozenset({"-e", "--eval", "-p", "--print"}),
                      frozenset({"-r", "--require", "--import", "--loader", "--input-type"}))),
+    # glibc and musl: --list and --verify map the program too, so they still name it
+    "ld.so": (frozenset(), frozenset({"--library-path", "--inhibit-rpath", "--audit",
+                                      "--preload", "--argv0", "--glibc-hwcaps-prepend",
+                                      "--glibc-hwcaps-mask"})),
 }
 _DEFAULT_OPTIONS = (frozenset({"-c", "-e", "-m", "-Command", "-command", "-EncodedCommand"}),
                     frozenset())
@@ -211,7 +225,45 @@ class ProcessMonitor:
 
 
 def stop_process(launch: Launch) -> str:
-    """Suspend, re-check identity, kill. Never touches a recycled PID. Returns outcome."""
+    """Kill the launched process, never a recycled PID. Returns the outcome.
+
+    Where pidfds exist (Linux 5.3+), the pidfd is opened before the identity check
+    (pid and create time), so the signal reaches the process that was checked even when
+    the PID is recycled right after, and the wait for its end cannot be fooled by a new
+    process that got the PID. Elsewhere: suspend, re-check identity, kill.
+    """
+    try:
+        pidfd = os.pidfd_open(launch.pid)
+    except ProcessLookupError:
+        return "already-gone"
+    except (AttributeError, OSError):
+        return _stop_by_pid(launch)
+    try:
+        try:
+            created = psutil.Process(launch.pid).create_time()
+        except psutil.NoSuchProcess:
+            return "already-gone"
+        except psutil.AccessDenied:
+            return "access-denied"
+        # Same create time now: the process held this PID since before the pidfd was
+        # opened, so the pidfd is that process.
+        if abs(created - launch.create_time) > 1e-3:
+            return "pid-recycled"
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            return "already-gone"
+        except PermissionError:
+            return "access-denied"
+        import select
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return "killed" if poller.poll(2000) else "kill-pending"
+    finally:
+        os.close(pidfd)
+
+
+def _stop_by_pid(launch: Launch) -> str:
     try:
         p = psutil.Process(launch.pid)
         if abs(p.create_time() - launch.create_time) > 1e-3:
