@@ -5,7 +5,8 @@
     >>> v.level, v.summary
 
 A scan never raises for a bad file: unreadable, vanished, special or malformed files get a
-Verdict with ``error`` or a reason saying so. Only a bad *argument* (rules that cannot be
+Verdict with ``error`` or a reason saying so; an exception a parser should not have let
+out becomes a ``malformed`` reason whose detail starts with ``INTERNAL_ERROR``. Only a bad *argument* (rules that cannot be
 read at all) raises a GuardError.
 """
 
@@ -36,6 +37,7 @@ from .policy.engine import judge
 from .verdict import UNKNOWN_TYPE, Family, FileType, Verdict
 
 HEAD_BYTES = 1 << 20       # what a too-large file is identified from
+INTERNAL_ERROR = "internal error in the scan"   # starts a malformed reason's detail
 _READ_CHUNK = 1 << 20
 _PARALLEL_HASH_BYTES = 1 << 20   # from this size the hash runs beside the inspection
 
@@ -46,6 +48,10 @@ class ScanOptions:
     yara_timeout_s: float = 10.0
     follow_symlinks: bool = False
     limits: Limits = field(default_factory=Limits)
+    # Above this a file is not hashed at all, only its ends are read ("limit-exceeded"):
+    # hashing runs at 0.3-2 GB/s, so a 1 TB sparse file (one `truncate`) would hold a scan
+    # for minutes to an hour.
+    max_hash_bytes: int = 4 << 30
 
 
 def _owner(uid: int, _cache: dict[int, str] = {}) -> str:  # noqa: B006 - deliberate cache
@@ -84,6 +90,11 @@ class Scanner:
             sample.error = _oserror_text(exc)
         except MemoryError:
             sample.limits_exceeded.append("out of memory while reading")
+        except Exception as exc:  # noqa: BLE001 - a parser's bug must not cost the verdict
+            # The facts gathered so far are still judged (a program under a document name
+            # stays malicious); the file is never called clean. Tests and fuzzers treat
+            # this reason as a bug to fix.
+            sample.malformed.append(f"{INTERNAL_ERROR}: {type(exc).__name__}: {exc}"[:300])
         return self._verdict(sample, time.monotonic() - started)
 
     def _gather(self, s: Sample, path: str, follow: bool) -> None:
@@ -105,8 +116,14 @@ class Scanner:
                 s.skipped = _special_kind(st.st_mode)
                 return
             s.size = st.st_size
-            s.too_large = st.st_size > self.options.max_size_bytes
-            if s.too_large:
+            unhashed = st.st_size > self.options.max_hash_bytes
+            s.too_large = st.st_size > self.options.max_size_bytes or unhashed
+            if unhashed:
+                (data, tail), digest, nread = _read_ends(fd, st.st_size), "", st.st_size
+                s.limits_exceeded.append(
+                    f"size: {st.st_size} bytes is over the {self.options.max_hash_bytes} byte "
+                    f"limit for fingerprinting; not hashed, only its first and last bytes read")
+            elif s.too_large:
                 data, tail, digest, nread = self._read_streaming(fd)
             else:
                 data = _read_whole(fd, st.st_size)
@@ -148,7 +165,7 @@ class Scanner:
             h.update(chunk)
             if len(head) < HEAD_BYTES:
                 head += chunk[: HEAD_BYTES - len(head)]
-            tail = (tail + chunk)[-512:]
+            tail = (tail + chunk[-512:])[-512:]    # not tail + chunk: a 1 MiB copy per read
         return bytes(head), tail, h.hexdigest(), nread
 
     def _inspect(self, s: Sample, data: bytes, tail: bytes, st: os.stat_result) -> None:
@@ -165,7 +182,11 @@ class Scanner:
             if s.shortcut.error:
                 s.malformed.append(f"{kind}: {s.shortcut.error}")
         if whole and kind in ("ole", "ooxml"):
-            s.macros = inspect_macros(data, kind, s.name.name)
+            limits = self.options.limits
+            s.macros = inspect_macros(data, kind, s.name.name, max_parts=limits.max_members,
+                                      max_ole_bytes=limits.max_member_bytes)
+            if s.macros.over_limit:
+                s.limits_exceeded.append(f"macros: {s.macros.over_limit}")
         if whole and kind == "pdf":
             s.pdf = inspect_pdf(data)
             if not s.pdf.complete:
@@ -292,6 +313,11 @@ class Scanner:
         s = Sample(path=path, name=analyze_name(os.path.basename(path)))
         s.skipped = why
         return self._verdict(s, 0.0)
+
+
+def _read_ends(fd: int, size: int) -> tuple[bytes, bytes]:
+    """(head, tail) of a file that is not read whole: HEAD_BYTES and the last 512 bytes."""
+    return os.pread(fd, HEAD_BYTES, 0), os.pread(fd, 512, max(0, size - 512))
 
 
 def _read_whole(fd: int, size: int) -> bytes:

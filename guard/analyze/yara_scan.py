@@ -8,6 +8,13 @@ loads instead of compiling.
 
 The externals are the ones LOKI and THOR define (filename, filepath, extension,
 filetype, md5, owner), so rule sets written for those scanners load unmodified.
+
+Limits: a scan stops at ``timeout_s`` and as soon as one string has matched libyara's
+maximum (a million times): both raise ``TimeoutError`` (``ScanLimitError`` for the
+second). Importing this module sets libyara's process-wide ``max_match_data`` to 1 byte:
+guard never reads matched bytes, and a million matches of a long regex would otherwise
+keep up to 512 MB of copies. What remains: a *matching* rule's strings are turned into
+Python objects by yara-python, up to a million per string (about 150 bytes each).
 """
 
 from __future__ import annotations
@@ -33,6 +40,14 @@ EXTERNALS: dict[str, str] = {
 BUNDLED_RULES = Path(__file__).resolve().parent.parent / "rules"   # package data
 _USES_MD5 = re.compile(rb"(?<![.\w])md5\b(?!\s*\()")   # the external, not hash.md5()
 _YARA_ERROR_RE = re.compile(r"^(?P<path>.*)\((?P<line>\d+)\): (?:error: )?(?P<msg>.*)$", re.S)
+MAX_STRING_MATCHES = 1_000_000     # libyara's YR_MAX_STRING_MATCHES (a build constant)
+yara.set_config(max_match_data=1)
+
+
+class ScanLimitError(TimeoutError):
+    """A YARA scan stopped by a limit other than time (too many matches of one string),
+    or that libyara could not finish. A TimeoutError, so callers that bound scans by
+    time handle it the same way: the file was not fully checked."""
 
 
 @dataclass(frozen=True)
@@ -86,15 +101,34 @@ class RuleSet:
 
     def match(self, data: bytes, externals: Mapping[str, str], timeout_s: float = 10.0
               ) -> list[RuleHit]:
-        """Match *data*. Raises ``TimeoutError`` when the scan exceeds *timeout_s*."""
+        """Match *data*. Raises ``TimeoutError`` when the scan exceeds *timeout_s*, and
+        its subclass ``ScanLimitError`` when a string matches too often or libyara fails."""
         if self._rules is None:
             return []
         ext = {k: valid_text(str(externals.get(k, ""))) for k in EXTERNALS}
+        too_many: list[str] = []
+
+        def on_warning(kind: int, what: Any) -> int:
+            # A string with a million matches: libyara would go on (string disabled, its
+            # matches kept) and yara-python would then build a Python object per match.
+            if kind == yara.CALLBACK_TOO_MANY_MATCHES:
+                too_many.append(f"{getattr(what, 'rule', '?')} {getattr(what, 'string', '?')}")
+                return yara.CALLBACK_ABORT
+            return yara.CALLBACK_CONTINUE
+
         try:
+            # fast: a string only ever tested for presence stops at its first match
+            # (libyara keeps counting strings used with #, @, !, at, in and `of`).
             matches = self._rules.match(data=data, externals=ext,
-                                        timeout=max(1, int(round(timeout_s))))
+                                        timeout=max(1, int(round(timeout_s))), fast=True,
+                                        warnings_callback=on_warning)
         except yara.TimeoutError as exc:
             raise TimeoutError(f"YARA scan exceeded {timeout_s:g} s") from exc
+        except yara.Error as exc:
+            if too_many:
+                raise ScanLimitError(f"YARA scan stopped: string {too_many[0]} matched more "
+                                     f"than {MAX_STRING_MATCHES:,} times") from exc
+            raise ScanLimitError(f"YARA scan failed: {exc}") from exc
         return [RuleHit(m.rule, m.namespace, tuple(m.tags), dict(m.meta)) for m in matches]
 
     def to_bytes(self) -> bytes:

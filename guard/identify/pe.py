@@ -34,15 +34,24 @@ class PeFacts:
 
 
 def inspect_pe(data: bytes) -> PeFacts:
-    """Parse headers only (fast_load). Raises ``pefile.PEFormatError`` when malformed."""
+    """Parse headers only (fast_load). Raises ``pefile.PEFormatError`` when malformed, and
+    only that: pefile lets other exceptions out on some damaged files (an AttributeError
+    for a section named PAGE whose import directory points into the headers), and the
+    scanner must judge such a file, not fail on it."""
     # Not closed: close() only unmaps files and then runs a full gc.collect() (~10 ms);
     # built from bytes there is nothing to unmap. But the PE object sits in a reference
     # cycle holding the file's bytes until the cycle collector runs: break it ourselves.
-    pe = pefile.PE(data=data, fast_load=True)
+    pe = None
     try:
+        pe = pefile.PE(data=data, fast_load=True)
         return _facts(pe, data)
+    except (pefile.PEFormatError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - pefile's own bugs on damaged input
+        raise pefile.PEFormatError(f"{type(exc).__name__}: {exc}"[:200]) from exc
     finally:
-        pe.__dict__.clear()
+        if pe is not None:
+            pe.__dict__.clear()
 
 
 def _facts(pe: pefile.PE, data: bytes) -> PeFacts:
