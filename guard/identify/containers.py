@@ -424,21 +424,41 @@ def ole_size_problem(ole, data_len: int) -> str:
     """Why an opened OLE file's streams cannot be read safely, or "".
 
     olefile reads a whole stream into memory as soon as it is opened, following the sector
-    chain for as many sectors as the stream's declared size asks, round a loop if the chain
-    has one: an 18 KB file with a stream that claims 1.4 GB took 3 GB and 11 s in olevba.
-    In a real file every sector belongs to one stream, so the streams fit in the file (the
-    mini streams twice: once more inside the root entry's).
+    chain for as many sectors as the declared size asks: an 18 KB file with a stream that
+    claims 1.4 GB took 3 GB and 11 s in olevba, a 3 KB one whose root entry claims 84 MB
+    took 9 GB and 33 s. In a real file every sector belongs to one stream, so what olefile
+    may read fits in the file: each stream, the root entry (the mini stream), the MiniFAT,
+    the FAT itself (a stream of unknown size, such as the directory, is read up to the
+    FAT's length); and the streams together, the mini streams counted twice (once more
+    inside the root entry). Orphan entries (outside the tree) count too: olevba reads every
+    directory entry, and a 758-byte file with 256-byte sectors whose orphan stream claims
+    2**60 bytes looped round a two-entry FAT until the memory ran out.
     """
     import olefile
 
+    limit = data_len + 65536
+    sector = max(1, int(getattr(ole, "sector_size", 512) or 512))
+    checks = [("the FAT", len(getattr(ole, "fat", None) or ()) * sector),
+              ("the MiniFAT", (getattr(ole, "num_mini_fat_sectors", 0) or 0) * sector)]
+    root = getattr(ole, "root", None)
+    if root is not None:
+        checks.append(("the root entry", root.size))
     total = 0
-    for entry in ole.direntries or ():
-        if entry is None or entry.entry_type not in (olefile.STGTY_STREAM, olefile.STGTY_ROOT):
-            continue
+    for sid in range(len(ole.direntries or ())):
+        entry = ole.direntries[sid]
+        if entry is None:                 # an orphan: olevba reads those too
+            try:
+                entry = ole._load_direntry(sid)
+            except Exception:  # noqa: BLE001 - an unreadable entry is never opened
+                continue
+        if entry is None or entry.entry_type == olefile.STGTY_STORAGE:
+            continue                      # a storage's size is never read
         total += max(0, entry.size)
-        if entry.size > data_len or total > 2 * data_len + 65536:
-            return (f"OLE streams declare {total} bytes or more in a file of {data_len} bytes "
-                    f"(stream {str(entry.name)[:40]!r})")
+        checks.append((f"stream {str(entry.name)[:40]!r}", entry.size))
+    checks.append(("all streams", total - data_len))
+    for what, size in checks:
+        if size > limit:
+            return f"OLE {what} declares {size} bytes in a file of {data_len} bytes"
     return ""
 
 

@@ -27,19 +27,28 @@ class MacroFacts:
 def _ooxml_over_limit(zf: zipfile.ZipFile, max_ole_bytes: int) -> str:
     """olevba reads every part of an OOXML file that starts like an OLE file, whole and
     without a limit: a vbaProject.bin that inflates to GiBs would take the memory with it.
-    Their declared sizes (which zipfile never reads past) must fit in *max_ole_bytes*."""
+    Their declared sizes (which zipfile never reads past) must fit in *max_ole_bytes*, and
+    each must pass ``_ole_over_limit`` as a file of its own."""
     total = 0
     for info in zf.infolist():
         try:
             with zf.open(info) as fh:
                 if fh.read(len(OLE_MAGIC)) != OLE_MAGIC:
                     continue
-        except Exception:   # noqa: BLE001 - unreadable parts are olevba's to report
+        except Exception:  # noqa: BLE001 - unreadable parts are olevba's to report
             continue
         total += info.file_size
         if total > max_ole_bytes:
             return (f"OLE parts of {total} bytes or more (limit {max_ole_bytes}), "
                     f"'{info.filename[:100]}' among them")
+        try:
+            with zf.open(info) as fh:
+                part = fh.read()               # at most its declared size, checked above
+        except Exception:  # noqa: BLE001 - unreadable parts are olevba's to report
+            continue
+        problem = _ole_over_limit(part)
+        if problem:
+            return f"'{info.filename[:100]}': {problem}"
     return ""
 
 

@@ -325,6 +325,57 @@ def _ole_cases() -> Iterator[tuple[str, bytes]]:
     emb = (CORPUS / "executables/office-embedded/sample_with_calc_embedded.doc").read_bytes()
     yield "ole-native-stream-claims-2GB-in-a-loop", _ole_stream_loop(emb, "\x01Ole10Native")
     yield "ole-word-stream-claims-2GB-in-a-loop", _ole_stream_loop(doc, "WordDocument")
+    vba = (CORPUS / "executables/office-macro/sample_with_vba.ppt").read_bytes()
+    yield "ole-root-entry-claims-2GB-in-a-loop", _ole_root_loop(vba)
+    yield "ole-minifat-claims-1GB-in-a-loop", _ole_minifat_loop(vba)
+
+
+def _ole_minifat_loop(data: bytes, sectors: int = 0x200000) -> bytes:
+    """The header claims *sectors* MiniFAT sectors and the MiniFAT's chain loops: olefile
+    reads the MiniFAT round the loop (1 GB for 0x200000) when a small stream is opened."""
+    import olefile
+
+    ole = olefile.OleFileIO(io.BytesIO(data))
+    sector = ole.sector_size
+    start, = struct.unpack_from("<I", data, 0x3C)
+    chain, sect = [], start
+    while sect < len(ole.fat) and sect not in chain:
+        chain.append(sect)
+        sect = ole.fat[sect]
+    out = bytearray(data)
+    struct.pack_into("<I", out, 0x40, sectors)
+    fat_sectors = struct.unpack_from("<109I", data, 0x4C)
+    per_fat = sector // 4
+    last = chain[-1]
+    struct.pack_into("<I", out, (fat_sectors[last // per_fat] + 1) * sector + (last % per_fat) * 4,
+                     chain[0])
+    ole.close()
+    return bytes(out)
+
+
+def _ole_root_loop(data: bytes) -> bytes:
+    """The root entry (the mini stream) declares 2 GB and its chain loops; the MiniFAT
+    claims 0x10000 sectors. olevba, opening the mini stream, reads GBs round the loop."""
+    import olefile
+
+    ole = olefile.OleFileIO(io.BytesIO(data))
+    sector = ole.sector_size
+    root_at = (ole.first_dir_sector + 1) * sector
+    start, = struct.unpack_from("<I", data, root_at + 0x74)
+    chain, sect = [], start
+    while sect < len(ole.fat) and sect not in chain:
+        chain.append(sect)
+        sect = ole.fat[sect]
+    out = bytearray(data)
+    struct.pack_into("<I", out, root_at + 0x78, 0x7FFFFFF0)
+    struct.pack_into("<I", out, 0x40, 0x10000)
+    fat_sectors = struct.unpack_from("<109I", data, 0x4C)
+    per_fat = sector // 4
+    last = chain[-1]
+    struct.pack_into("<I", out, (fat_sectors[last // per_fat] + 1) * sector + (last % per_fat) * 4,
+                     chain[0])
+    ole.close()
+    return bytes(out)
 
 
 def _ole_stream_loop(data: bytes, stream: str) -> bytes:

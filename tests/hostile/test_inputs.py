@@ -82,6 +82,21 @@ def _handmade_group(workdir: Path, budget: Budget) -> Group:
     return Group(inputs, {}, budget, lambda: shutil.rmtree(folder, ignore_errors=True))
 
 
+def _regressions_group(workdir: Path, budget: Budget) -> Group:
+    """The saved regression inputs, under the case's budgets too (the pytest replay below
+    only checks the verdict)."""
+    folder = workdir / "regressions"
+    inputs = []
+    for j, path in enumerate(_regression_files()):
+        name, content = _regression_file(path)
+        sub = folder / str(j)
+        sub.mkdir(parents=True)
+        (sub / name).write_bytes(content)
+        expect = "limit" if REGRESSION_CODES.get(path.name) == "limit-exceeded" else ""
+        inputs.append(Input(str(sub / name), f"regression:{path.name}", expect))
+    return Group(inputs, {}, budget, lambda: shutil.rmtree(folder, ignore_errors=True))
+
+
 @case("9", "Malformed inputs, bombs, hostile YARA, special files", fast=300, full=10_000,
       unit="inputs")
 def malformed_inputs(n: int, workdir: Path) -> dict:
@@ -96,6 +111,7 @@ def malformed_inputs(n: int, workdir: Path) -> dict:
 
     def groups():
         yield Group(specials, {}, budget)
+        yield _regressions_group(workdir, budget)
         yield Group([Input(p, label, expect) for label, p, expect in yara_files],
                     {"extra_rules": [rules_dir], "yara_timeout_s": yara_timeout}, yara_budget)
         yield _handmade_group(workdir, budget)
@@ -127,6 +143,7 @@ def test_malformed_inputs(tmp_path):
 
 # Hand-built regressions that must also say why they were not fully checked.
 REGRESSION_CODES = {"vba-part-80MiB--Invoice.docm": "limit-exceeded",
+                    "vba-part-olefile-blowup--Invoice.docm": "limit-exceeded",
                     "pe-page-section-import-dir--Invoice.pdf": "type-mismatch"}
 
 
@@ -144,20 +161,23 @@ def _fuzz_targets():
     return targets
 
 
+def _regression_file(path: Path) -> tuple[str, bytes]:
+    """(file name, content) a saved input is scanned as (see regressions/README.md)."""
+    data = path.read_bytes()
+    if "--" in path.name:
+        return path.name.split("--", 1)[1], data
+    return _fuzz_targets().as_file(path.name.split("-", 1)[0], data)
+
+
 @pytest.mark.parametrize("path", _regression_files(), ids=lambda p: p.name)
 def test_regression_inputs_get_a_verdict(scanner, tmp_path, path):
     """An input that once broke a scan stays fixed (see regressions/README.md): its fuzz
     target passes, and the scanner gives it a verdict, never an exception."""
     from guard.scanner import INTERNAL_ERROR
     from guard.verdict import Level, Verdict
-    data = path.read_bytes()
-    if "--" in path.name:
-        name, content = path.name.split("--", 1)[1], data
-    else:
-        targets = _fuzz_targets()
-        target = path.name.split("-", 1)[0]
-        targets.replay(target, data)
-        name, content = targets.as_file(target, data)
+    if "--" not in path.name:
+        _fuzz_targets().replay(path.name.split("-", 1)[0], path.read_bytes())
+    name, content = _regression_file(path)
     target_file = tmp_path / name
     target_file.write_bytes(content)
     v = scanner.scan_file(target_file)
