@@ -54,6 +54,13 @@ class Config:
     log_clean: bool = False         # also log a record for every clean file scanned
     log_max_mb: float = 50.0
     log_keep: int = 10
+    # parsers (libmagic, pefile, olevba, archive readers, YARA) run in worker processes,
+    # each scan under a budget; a file over budget is "limit-exceeded", never clean
+    parser_isolation: bool = True
+    parser_cpu_s: float = 30.0
+    parser_memory_mb: float = 1024.0   # on top of the file's own size
+    parser_wall_s: float = 60.0
+    parser_idle_s: float = 60.0      # an idle worker exits after this (memory back)
     # launch control
     launch_control: str = "auto"    # auto | fanotify | monitor | off
     decision_timeout_s: float = 1.0
@@ -228,6 +235,9 @@ _SIMPLE: dict[str, tuple[type, ...]] = {
     "sweep_interval_s": (int, float), "max_size_mb": (int, float),
     "yara_timeout_s": (int, float), "quarantine_suspicious": (bool,), "log_clean": (bool,),
     "log_max_mb": (int, float), "log_keep": (int,), "notify": (str,),
+    "parser_isolation": (bool,), "parser_cpu_s": (int, float),
+    "parser_memory_mb": (int, float), "parser_wall_s": (int, float),
+    "parser_idle_s": (int, float),
     "meeting_linger_s": (int, float), "meeting_poll_s": (int, float),
     "launch_control": (str,), "decision_timeout_s": (int, float), "fail_mode": (str,),
     "process_poll_s": (int, float), "break_glass_file": (str,),
@@ -274,7 +284,8 @@ def _build(raw: dict[str, Any], text: str, source: str) -> Config:
         if key in values and values[key] < 1:
             raise fail(f"{key} must be at least 1", key)
     for key in ("settle_s", "sweep_interval_s", "max_size_mb", "yara_timeout_s",
-                "log_max_mb", "meeting_poll_s"):
+                "log_max_mb", "meeting_poll_s", "parser_cpu_s", "parser_memory_mb",
+                "parser_wall_s", "parser_idle_s"):
         if key in values and values[key] <= 0:
             raise fail(f"{key} must be more than 0", key)
     notify = values.get("notify", "auto")

@@ -1,0 +1,607 @@
+"""Parsers in worker processes, each scan under a budget of CPU time, memory and wall time.
+
+libmagic, pefile, olefile/olevba, the archive readers and libyara all read what an
+attacker wrote, and the agent runs as root. A bug in any of them must cost one file's
+verdict, never the agent. ``IsolatedScanner`` keeps the file handling in the agent
+(open without following links, read, hash, the identity checks: ``Scanner._gather``) and
+hands the content to a worker process, which runs ``Scanner._inspect`` on it (type, PE,
+shortcut, macros, PDF, containers, YARA) and sends the facts back. The verdict is judged
+in the agent, as before.
+
+Each scan in a worker runs under:
+
+- **CPU**: RLIMIT_CPU set to the CPU time used so far plus ``cpu_s`` (SIGXCPU ends it);
+- **memory**: RLIMIT_AS set to the worker's size now (the content included) plus
+  ``memory_mb``: Python raises MemoryError, C code gets NULL from malloc;
+- **wall time**: the agent waits ``wall_s`` for the answer, then kills the worker.
+
+A file that blows one of them gets a ``limit-exceeded`` reason naming it; a worker that
+dies any other way (a signal: a parser's memory bug) gets a ``malformed`` reason; neither
+is ever clean. The next file gets a new worker.
+
+The worker is started from the agent's own interpreter (``python -m guard.sandbox``), loads
+the rules the agent compiled (never recompiles), imports every parser, then drops root (to
+``nobody``), sets no_new_privs, and writes no core file; it exits when the agent's end of its socket closes.
+It gets content through a memfd opened read-only, never a user's path. Its answers are
+unpickled with only guard's fact classes allowed and are type-checked, so a worker taken
+over through a parser cannot run code in the agent through what it sends back.
+
+Workers start on demand (about a quarter of a second), one per concurrent scan, and exit
+after ``idle_s`` without work, so an idle agent holds no parser memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import enum
+import io
+import math
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from .analyze.yara_scan import RuleHit, RuleSet
+from .identify.containers import ContainerFacts
+from .identify.office import MacroFacts
+from .identify.pdf import PdfFacts
+from .identify.pe import PeFacts
+from .identify.sample import MemberHit, Sample
+from .identify.shortcut import ShortcutFacts
+from .scanner import INTERNAL_ERROR, ScanOptions, Scanner
+from .verdict import FileType
+
+_HEADER = struct.Struct("<Q")
+_MAX_ANSWER = 64 << 20           # a worker's answer is facts, never content
+_START_TIMEOUT_S = 60.0          # a cold start on a loaded 2-core machine
+_UNPRIVILEGED_USER = "nobody"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one scan in a worker may use (see the module's docstring)."""
+    cpu_s: float = 30.0
+    memory_mb: float = 1024.0
+    wall_s: float = 60.0
+    idle_s: float = 60.0
+
+
+class WorkerFailed(Exception):
+    """The worker could not be started or stopped answering; ``why`` is for the record."""
+
+
+# --- framing: a length, a pickle, and file descriptors on the first byte ------------------
+def _send(sock: socket.socket, payload: bytes, fds: tuple[int, ...] = ()) -> None:
+    data = _HEADER.pack(len(payload)) + payload
+    sent = socket.send_fds(sock, [data], list(fds)) if fds else sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
+def _recv(sock: socket.socket, limit: int, deadline: float | None = None
+          ) -> tuple[bytes, list[int]] | None:
+    """(payload, fds), or None at end of stream. socket.timeout past *deadline*."""
+    fds: list[int] = []
+
+    def wait() -> None:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("no answer in time")
+            sock.settimeout(left)
+
+    head = b""
+    while len(head) < _HEADER.size:
+        wait()
+        chunk, got, _flags, _addr = socket.recv_fds(sock, _HEADER.size - len(head), 4)
+        fds.extend(got)
+        if not chunk:
+            for fd in fds:
+                os.close(fd)
+            return None
+        head += chunk
+    size, = _HEADER.unpack(head)
+    if size > limit:
+        raise ValueError(f"a message of {size} bytes (limit {limit})")
+    buf = bytearray(size)
+    view, got_bytes = memoryview(buf), 0
+    while got_bytes < size:
+        wait()
+        n = sock.recv_into(view[got_bytes:])
+        if not n:
+            for fd in fds:
+                os.close(fd)
+            return None
+        got_bytes += n
+    return bytes(buf), fds
+
+
+# --- what a worker may send back -----------------------------------------------------------
+_FACTS: dict[str, tuple[type, ...]] = {
+    "type": (FileType, type(None)), "pe": (PeFacts, type(None)),
+    "shortcut": (ShortcutFacts, type(None)), "macros": (MacroFacts, type(None)),
+    "pdf": (PdfFacts, type(None)), "container": (ContainerFacts, type(None)),
+    "rule_hits": (list,), "member_hits": (list,), "malformed": (list,),
+    "limits_exceeded": (list,),
+}
+_LIST_ITEMS = {"rule_hits": RuleHit, "member_hits": MemberHit, "malformed": str,
+               "limits_exceeded": str}
+_SAFE_BUILTINS = {"set", "frozenset", "bytearray", "complex", "range", "slice"}
+
+
+class _FactsUnpickler(pickle.Unpickler):
+    """Only guard's dataclasses and enums, and a few plain builtins: no functions, no
+    modules, no dotted names (which pickle would resolve attribute by attribute)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "builtins" and name in _SAFE_BUILTINS:
+            return super().find_class(module, name)
+        if (module == "guard" or module.startswith("guard.")) and "." not in name:
+            obj = super().find_class(module, name)
+            if isinstance(obj, type) and (dataclasses.is_dataclass(obj)
+                                          or issubclass(obj, enum.Enum)):
+                return obj
+        raise pickle.UnpicklingError(f"a worker's answer may not name {module}.{name}")
+
+
+def _facts_of(s: Sample) -> dict[str, Any]:
+    facts = {k: getattr(s, k) for k in _FACTS}
+    c = s.container
+    if c is not None and any(m.sample for m in c.members):
+        # A member's content is for YARA, which has run: say only that it had some.
+        facts["container"] = dataclasses.replace(c, members=[
+            dataclasses.replace(m, sample=b"\0" if m.sample else b"") for m in c.members])
+    return facts
+
+
+def _check_facts(facts: Any) -> dict[str, Any]:
+    if not isinstance(facts, dict) or set(facts) != set(_FACTS):
+        raise ValueError("the worker's answer is not a set of facts")
+    for key, kinds in _FACTS.items():
+        value = facts[key]
+        if not isinstance(value, kinds):
+            raise ValueError(f"the worker's {key} is a {type(value).__name__}")
+        item = _LIST_ITEMS.get(key)
+        if item is not None and not all(isinstance(v, item) for v in value):
+            raise ValueError(f"the worker's {key} holds something else")
+    return facts
+
+
+# --- the agent's side --------------------------------------------------------------------------
+class _Worker:
+    """One worker process and the agent's end of its socket."""
+
+    def __init__(self, setup: bytes):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = ours
+        self.done = False                 # closed or killed: never handed out again
+        self.last_used = time.monotonic()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "guard.sandbox", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, cwd="/")
+        except OSError as exc:
+            ours.close()
+            raise WorkerFailed(f"the parser process could not be started: {exc}") from exc
+        finally:
+            theirs.close()
+        try:
+            _send(ours, setup)
+            answer = _recv(ours, 1 << 16, time.monotonic() + _START_TIMEOUT_S)
+            if answer is None:
+                raise WorkerFailed(f"the parser process ended while starting "
+                                   f"({self._ended()})")
+            self.info = pickle.loads(answer[0])       # noqa: S301 - before it took input
+        except (OSError, ValueError, pickle.UnpicklingError) as exc:
+            self.kill()
+            raise WorkerFailed(f"the parser process did not start: {exc}") from exc
+        except WorkerFailed:
+            self.kill()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def inspect(self, s: Sample, data: bytes, tail: bytes, uid: int, budget: Budget
+                ) -> tuple[str, Any]:
+        """("ok", facts) | ("raised", text); WorkerFailed when the worker died or missed
+        the wall-time budget (it is then dead)."""
+        request = pickle.dumps(("inspect", s, tail, uid, len(data), budget.cpu_s,
+                                budget.memory_mb), protocol=pickle.HIGHEST_PROTOCOL)
+        fd = _content_fd(data)
+        try:
+            if fd is None:
+                _send(self.sock, request + data)
+            else:
+                _send(self.sock, request, (fd,))
+        except OSError as exc:
+            self.kill()
+            raise WorkerFailed(f"the parser process could not be reached "
+                               f"({self._ended() or exc})") from exc
+        finally:
+            if fd is not None:
+                os.close(fd)
+        try:
+            answer = _recv(self.sock, _MAX_ANSWER, time.monotonic() + budget.wall_s)
+        except socket.timeout:
+            self.kill()
+            raise WorkerFailed(f"wall time: no answer within {budget.wall_s:g} s; the parser "
+                               f"process was stopped") from None
+        except (OSError, ValueError) as exc:
+            self.kill()
+            raise WorkerFailed(f"the parser process failed: {exc}") from exc
+        if answer is None:
+            raise WorkerFailed(self._ended())
+        for extra in answer[1]:
+            os.close(extra)
+        try:
+            kind, value, last = _FactsUnpickler(io.BytesIO(answer[0])).load()
+            if kind == "ok":
+                value = _check_facts(value)
+            elif kind != "raised" or not isinstance(value, str):
+                raise ValueError(f"an answer of kind {kind!r}")
+        except Exception as exc:  # noqa: BLE001 - anything a broken worker could send
+            self.kill()
+            raise WorkerFailed(f"the parser process sent a bad answer: "
+                               f"{type(exc).__name__}: {exc}"[:300]) from None
+        if last is True:
+            self.close()                # it exits after MemoryError: start clean
+        self.last_used = time.monotonic()
+        return kind, value
+
+    def _ended(self) -> str:
+        """Why the worker ended, once it has (waits a moment for the exit status)."""
+        try:
+            rc = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return "the parser process stopped answering"
+        if rc < 0:
+            sig = -rc
+            if sig == signal.SIGXCPU:
+                return "CPU time: over the budget; the parser process was stopped"
+            try:
+                name = signal.Signals(sig).name
+            except ValueError:
+                name = f"signal {sig}"
+            return f"the parser process was ended by {name}"
+        return f"the parser process exited with status {rc}"
+
+    def kill(self) -> None:
+        self.done = True
+        if self.proc.poll() is None:
+            self.proc.kill()              # our own child, not yet reaped: its pid is ours
+        self.proc.wait()
+        self.sock.close()
+
+    def close(self) -> None:
+        self.done = True
+        self.sock.close()                 # the worker sees the end of its input and exits
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def _content_fd(data: bytes) -> int | None:
+    """A read-only descriptor of a memfd holding *data* (Linux), or None: then the
+    content goes on the socket."""
+    if not hasattr(os, "memfd_create"):
+        return None
+    mfd = os.memfd_create("guard-scan", os.MFD_CLOEXEC)
+    try:
+        view, done = memoryview(data), 0
+        while done < len(data):
+            done += os.write(mfd, view[done:])
+        return os.open(f"/proc/self/fd/{mfd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    finally:
+        os.close(mfd)
+
+
+class IsolatedScanner(Scanner):
+    """A Scanner whose parsers run in worker processes under *budget*. Safe to call from
+    several threads at once (each takes a worker of its own). ``close()`` stops them."""
+
+    def __init__(self, rules: RuleSet | None = None, options: ScanOptions | None = None,
+                 budget: Budget | None = None):
+        super().__init__(rules, options)
+        self.budget = budget or Budget()
+        self._setup = _setup_message(rules, self.options)
+        self._idle: list[_Worker] = []
+        self._busy: set[_Worker] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.started = 0                 # workers started, for status and tests
+        self.failures = 0                # scans a worker failed (crash, budget)
+        self.unavailable = ""            # why no worker could start, when none could
+
+    @contextmanager
+    def _worker(self) -> Iterator[_Worker]:
+        w = None
+        with self._lock:
+            while self._idle and w is None:
+                w = self._idle.pop()
+                if not w.alive:           # ended while idle (killed from outside)
+                    w.kill()
+                    w = None
+        if w is None:
+            w = _Worker(self._setup)
+            with self._lock:
+                self.started += 1
+        with self._lock:
+            self._busy.add(w)
+        try:
+            yield w
+        finally:
+            with self._lock:
+                self._busy.discard(w)
+                keep = w.alive and not w.done and not self._closed
+                if keep:
+                    self._idle.append(w)
+            if not keep:
+                w.close()
+
+    def _inspect(self, s: Sample, data: bytes, tail: bytes, st: os.stat_result) -> None:
+        try:
+            with self._worker() as w:
+                kind, value = w.inspect(s, data, tail, st.st_uid, self.budget)
+        except WorkerFailed as exc:
+            with self._lock:
+                self.failures += 1
+            why = str(exc)
+            if why.startswith(("wall time", "CPU time")):
+                s.limits_exceeded.append(f"parser: {why}")
+            elif "could not be started" in why or "did not start" in why:
+                self.unavailable = why
+                super()._inspect(s, data, tail, st)   # better an in-process scan than none
+            else:
+                s.malformed.append(f"parser: {why} while reading this file")
+            return
+        self.unavailable = ""
+        if kind == "ok":
+            for key, val in value.items():
+                setattr(s, key, val)
+        else:
+            s.malformed.append(f"{INTERNAL_ERROR}: {value}"[:300])
+
+    def reap_idle(self, now: float | None = None) -> int:
+        """Stop workers idle for longer than the budget's idle_s; how many were stopped."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            old = [w for w in self._idle if now - w.last_used >= self.budget.idle_s]
+            self._idle = [w for w in self._idle if w not in old]
+        for w in old:
+            w.close()
+        return len(old)
+
+    def worker_pids(self, busy: bool = False) -> list[int]:
+        """Pids of the idle workers, or of those scanning now."""
+        with self._lock:
+            return [w.pid for w in (self._busy if busy else self._idle)]
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for w in idle:
+            w.close()
+
+
+def _setup_message(rules: RuleSet | None, options: ScanOptions) -> bytes:
+    blob = b""
+    if rules is not None and rules._rules is not None:  # noqa: SLF001 - same package
+        buf = io.BytesIO()
+        rules._rules.save(file=buf)                      # noqa: SLF001
+        blob = buf.getvalue()
+    meta = None if rules is None else (rules.files, rules.fingerprint, rules.needs_md5)
+    return pickle.dumps((options, meta, blob), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+# --- the worker's side ---------------------------------------------------------------------------
+class _Stat:
+    __slots__ = ("st_uid",)
+
+    def __init__(self, uid: int):
+        self.st_uid = uid
+
+
+def _harden() -> str:
+    """Drop what a parser exploit could use; returns the user the worker now runs as."""
+    import resource
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    user = str(os.getuid())
+    if os.getuid() == 0 and not _install_readable_by_all():
+        user = "root (the Python install is not readable by other users)"
+    elif os.getuid() == 0:
+        import pwd
+        try:
+            pw = pwd.getpwnam(_UNPRIVILEGED_USER)
+            os.setgroups([])
+            os.setgid(pw.pw_gid)
+            os.setuid(pw.pw_uid)
+            user = _UNPRIVILEGED_USER
+        except (KeyError, OSError):
+            user = "root (no unprivileged user to drop to)"
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(38, 1, 0, 0, 0)                   # PR_SET_NO_NEW_PRIVS
+    # No PDEATHSIG: it fires when the agent's *thread* that started the worker ends. When
+    # the agent ends, the worker reads the end of its input; one still parsing is bounded
+    # by its CPU budget.
+    return user
+
+
+def _install_readable_by_all() -> bool:
+    """Whether an unprivileged user can import from this interpreter: parsers import
+    modules lazily (an encoding named in a file, a decompressor), so a worker that drops
+    root under a private install (a pyenv in /root) would fail on them."""
+    import encodings
+    import stat as st
+
+    import oletools
+    import yara
+    dirs = {os.path.dirname(os.__file__), os.path.dirname(encodings.__file__),
+            os.path.dirname(os.path.dirname(__file__)), os.path.dirname(oletools.__file__),
+            os.path.dirname(yara.__file__ or "")}
+    for d in dirs:
+        path = os.path.realpath(d)
+        while True:
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                return False
+            if not mode & st.S_IXOTH or (path == os.path.realpath(d) and not mode & st.S_IROTH):
+                return False
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+    return True
+
+
+def _vm_size() -> int | None:
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _set_budget(budget_cpu_s: float, memory_bytes: int) -> None:
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = math.ceil(ru.ru_utime + ru.ru_stime + budget_cpu_s)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY
+                                             else min(soft, hard), hard))
+    size = _vm_size()
+    if size is not None:
+        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        want = size + memory_bytes
+        resource.setrlimit(resource.RLIMIT_AS, (want if hard == resource.RLIM_INFINITY
+                                                else min(want, hard), hard))
+
+
+def _memory_error_in(s: Sample) -> str:
+    texts = list(s.malformed) + list(s.limits_exceeded)
+    if s.macros is not None and s.macros.error:
+        texts.append(s.macros.error)
+    if s.container is not None:
+        texts.extend(s.container.malformed)
+    return next((t for t in texts if "MemoryError" in t), "")
+
+
+def _lift_memory_limit() -> None:
+    import resource
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+
+
+def _read_content(fd: int, size: int) -> bytes:
+    parts, done = [], 0
+    while done < size:
+        chunk = os.pread(fd, size - done, done)
+        if not chunk:
+            break
+        parts.append(chunk)
+        done += len(chunk)
+    return b"".join(parts) if len(parts) != 1 else parts[0]
+
+
+def _warm(scanner: Scanner) -> None:
+    """Import every parser and load libmagic before dropping privileges: afterwards the
+    worker may not be able to read the agent's install."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import olefile  # noqa: F401
+        from oletools import olevba  # noqa: F401
+    from .identify import containers, filetype, pdf, pe, shortcut  # noqa: F401
+    filetype.identify(b"MZ" + bytes(126), "pdf", b"")
+
+
+def worker_main(fd: int) -> int:
+    sock = socket.socket(fileno=fd)
+    first = _recv(sock, 1 << 30)
+    if first is None:
+        return 0
+    options, meta, blob = pickle.loads(first[0])      # noqa: S301 - from the agent
+    rules = None
+    if meta is not None:
+        import yara
+        compiled = yara.load(file=io.BytesIO(blob)) if blob else None
+        rules = RuleSet(compiled, meta[0], (), meta[1], meta[2])
+    scanner = Scanner(rules, options)
+    budget_cpu_s, memory_bytes = 30.0, 1 << 30
+    _warm(scanner)
+    user = _harden()
+    _send(sock, pickle.dumps({"pid": os.getpid(), "user": user}))
+    while True:
+        msg = _recv(sock, 1 << 31)
+        if msg is None:
+            return 0
+        payload, fds = msg
+        unpickler = pickle.Unpickler(io.BytesIO(payload))
+        _kind, s, tail, uid, size, *budget = unpickler.load()   # noqa: S301 - the agent's
+        if budget:
+            budget_cpu_s, memory_bytes = budget[0], int(budget[1] * 1024 * 1024)
+        _lift_memory_limit()              # the last scan's limit was for its own content
+        try:
+            if fds:
+                data = _read_content(fds[0], size)
+            else:
+                data = payload[len(payload) - size:]
+        finally:
+            for extra in fds:
+                os.close(extra)
+        del payload, unpickler
+        out_of_memory = ""
+        answer: tuple[str, Any, bool] | None = None
+        try:
+            _set_budget(budget_cpu_s, memory_bytes)
+            scanner._inspect(s, data, tail, _Stat(uid))   # noqa: SLF001 - same package
+        except MemoryError as exc:
+            out_of_memory = f"{type(exc).__name__} {exc}".strip()
+        except Exception as exc:  # noqa: BLE001 - a parser's bug, reported as such
+            answer = ("raised", f"{type(exc).__name__}: {exc}"[:300], False)
+        else:
+            # Adapters turn a parser's exceptions into "malformed" text; MemoryError among
+            # them is this budget, not damage.
+            out_of_memory = _memory_error_in(s)
+        del data
+        _lift_memory_limit()                          # room to build the answer
+        if answer is None:
+            if out_of_memory:
+                s.limits_exceeded.append(
+                    f"parser: memory: over the {memory_bytes / (1 << 20):g} MB budget "
+                    f"({out_of_memory[:150]})")
+            answer = ("ok", _facts_of(s), bool(out_of_memory))
+        try:
+            out = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - facts that do not pickle
+            out = pickle.dumps(("raised", f"unsendable facts: {type(exc).__name__}: {exc}"[:300],
+                                False))
+        _send(sock, out)
+        if out_of_memory:
+            return 0                  # after MemoryError in C code, start clean
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(int(sys.argv[1])))
