@@ -29,6 +29,7 @@ from .errors import ConfigError, FileChanged, GuardError, LockedError, Quarantin
 from .identify.containers import Limits
 from .platform import systemd
 from .policy.engine import decide
+from .sandbox import Budget, IsolatedScanner
 from .scanner import ScanOptions, Scanner, load_rules
 from .sources.meeting import MeetingMonitor
 from .sources.watch import FolderWatcher
@@ -56,6 +57,7 @@ class Counters:
     dropped: int = 0
     sweeps: int = 0
     errors: int = 0
+    watch_overflows: int = 0       # inotify queue overflows: folders watched afresh, swept
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -86,10 +88,11 @@ class Daemon:
         self._queue: queue.Queue[_Job | None] = queue.Queue(config.queue_size)
         self._pending: set[str] = set()
         self._pending_lock = threading.Lock()
-        # hash(path) -> hash(dev, ino, size, mtime) of its last scan, oldest first: two
+        # hash(path) -> hash(_identity) of its last scan, oldest first: two
         # machine words a file instead of a path and a tuple (RSS after a big burst)
         self._seen: dict[int, int] = {}
-        self._verdicts: dict[tuple[int, int, int, int], dict[str, Any]] = {}   # oldest first
+        # (dev, ino, sha256) -> flagged verdict summary, oldest first
+        self._verdicts: dict[tuple[int, int, str], dict[str, Any]] = {}
         self._stop = threading.Event()
         self._sweep_now = threading.Event()
         self._wake = threading.Event()          # pokes the housekeeper
@@ -127,15 +130,20 @@ class Daemon:
     def _build_scanner(self, config: Config) -> Scanner:
         rules = load_rules(config.rules)
         self.rule_errors = [str(e) for e in rules.errors]
-        return Scanner(rules, ScanOptions(max_size_bytes=int(config.max_size_mb * 1024 * 1024),
-                                          yara_timeout_s=config.yara_timeout_s,
-                                          limits=Limits()))
+        options = ScanOptions(max_size_bytes=int(config.max_size_mb * 1024 * 1024),
+                              yara_timeout_s=config.yara_timeout_s, limits=Limits())
+        if not config.parser_isolation:
+            return Scanner(rules, options)
+        return IsolatedScanner(rules, options, Budget(
+            cpu_s=config.parser_cpu_s, memory_mb=config.parser_memory_mb,
+            wall_s=config.parser_wall_s, idle_s=config.parser_idle_s))
 
     def _build_watcher(self, config: Config) -> FolderWatcher:
         return FolderWatcher(config.watch, self._offer, config.exclude, config.settle_s,
                              on_new_folder=self._new_folder,
                              control_files=(config.allowlist, config.break_glass_file),
-                             on_control_change=self._wake.set)
+                             on_control_change=self._wake.set,
+                             on_overflow=self._watch_overflowed)
 
     def _build_forwarder(self, config: Config):
         """Every audit record to the SIEM's syslog collector, when syslog_target is set.
@@ -316,6 +324,7 @@ class Daemon:
             self.forwarder.flush(2.0)           # what can go now goes; the rest at next start
             self.forwarder.stop()
         self.notifier.close(0.5)
+        _close_scanner(self.scanner)
         self.audit.close()
         self.write_status("stopped")
         if self._lock_fd is not None:
@@ -342,7 +351,8 @@ class Daemon:
             self._log(admin_record("config-reload", outcome="failure", message=str(exc)))
             return
         self.config = config
-        self.scanner = scanner
+        old_scanner, self.scanner = self.scanner, scanner
+        _close_scanner(old_scanner)           # its workers end once their scan is done
         if self.puller is not None:
             self.puller.stop()
         self.puller = puller
@@ -371,6 +381,15 @@ class Daemon:
                                rule_errors=self.rule_errors or None))
         self.request_sweep()
 
+    def _watch_overflowed(self) -> None:
+        """The kernel's event queue overflowed (a burst of files): events were lost, the
+        watcher watches every folder afresh, and a sweep gives each file its verdict."""
+        self.counters.bump("watch_overflows")
+        self._log(admin_record("watch-overflow", outcome="failure", message=(
+            "the file event queue overflowed, so events were lost: every watched folder "
+            "is watched afresh and swept")))
+        self.request_sweep()
+
     def request_sweep(self) -> None:
         self._sweep_now.set()
         self._wake.set()
@@ -390,8 +409,7 @@ class Daemon:
             except OSError:
                 return
             with self._pending_lock:
-                unchanged = self._seen.get(hash(key)) == hash(
-                    (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+                unchanged = self._seen.get(hash(key)) == hash(_identity(st))
             if unchanged:
                 self.counters.bump("skipped_unchanged")
                 return
@@ -429,6 +447,7 @@ class Daemon:
         """
         next_sweep = time.monotonic()
         last_sweep = 0.0
+        failing: dict[str, str] = {}       # step -> its last failure, logged once
         while not self._stop.is_set():
             started = now = time.monotonic()
             drained = self._queue.qsize() < self.config.queue_size // 2
@@ -444,16 +463,34 @@ class Daemon:
                 last_sweep = time.monotonic()
                 next_sweep = last_sweep + self.config.sweep_interval_s
             self._wake.clear()
-            self._check_allowlist()
-            self._check_break_glass()
-            busy = self._maybe_write_status() or self._queue.qsize() > 0 or self._overflowed
-            self._feed_watchdog()
+            busy = False
+            for step in (self._check_allowlist, self._check_break_glass,
+                         self._maybe_write_status, self._feed_watchdog, self._reap_parsers):
+                name = step.__name__.lstrip("_")
+                try:
+                    busy = bool(step()) or busy
+                    failing.pop(name, None)
+                except Exception as exc:
+                    # One broken step must not end the thread: every later round of
+                    # every other step (sweeps, status, the service watchdog) would stop.
+                    # Logged once per distinct failure, not once a second.
+                    text = f"housekeeping: {name} failed: {type(exc).__name__}: {exc}"
+                    if failing.get(name) != text:
+                        failing[name] = text
+                        self._error(text)
+            busy = busy or self._queue.qsize() > 0 or self._overflowed
             idle_s = min(_HEARTBEAT_S, self._watchdog_s or _HEARTBEAT_S,
                          max(0.0, next_sweep - time.monotonic()))
             self._wake.wait(1.0 if busy else idle_s)
             rest = 1.0 - (time.monotonic() - started)
             if rest > 0 and not self._sweep_now.is_set():
                 self._stop.wait(rest)          # a burst of pokes: still one round a second
+
+    def _reap_parsers(self) -> None:
+        """Parser workers idle for parser_idle_s exit: an idle agent holds no parser memory."""
+        reap = getattr(self.scanner, "reap_idle", None)
+        if reap is not None:
+            reap()
 
     def _feed_watchdog(self) -> None:
         """WATCHDOG=1 to systemd while the pipeline works: every worker thread alive, and
@@ -485,9 +522,14 @@ class Daemon:
                 self._error(f"allowlist refused, last good list kept: {text}")
                 self._log(admin_record("allowlist-reload", outcome="failure", message=text))
             return
-        if changed:
+        recovered = bool(self._allowlist_error) and self.allowlist.error is None
+        if recovered:
+            # The file is good again; maybe the very list in force (a bad edit undone),
+            # which is no change and must still clear the error.
             self._allowlist_error = ""
+        if changed:
             self.launch.allowlist_changed()
+        if changed or recovered:
             cur = self.allowlist.current
             self._log(admin_record("allowlist-reload", message=f"allowlist loaded: "
                                    f"{len(cur.entries)} entries", entries=len(cur.entries),
@@ -591,7 +633,7 @@ class Daemon:
             return                                   # gone before we got to it
         if not (st.st_mode & 0o170000 == 0o100000):
             return                                   # links, fifos, folders: not ours
-        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        ident = _identity(st)
         with self._pending_lock:
             unchanged = self._seen.get(hash(key)) == hash(ident)
         if unchanged:
@@ -628,7 +670,10 @@ class Daemon:
             self.launch.guard_file(os.fspath(job.path))   # left in place: still no launch
         with self._pending_lock:
             self._seen.pop(hash(key), None)            # re-insert: now the newest
-            self._seen[hash(key)] = hash(ident)
+            # A scan that failed (the file changed under the read, could not be read) is
+            # not done: the next event or sweep must try again, even if nothing changes.
+            if not verdict.error:
+                self._seen[hash(key)] = hash(ident)
             while len(self._seen) > _SEEN_MAX:
                 del self._seen[next(iter(self._seen))]
         if logged or error:
@@ -640,12 +685,16 @@ class Daemon:
             self.notifier.notify(title, body, path=str(job.path), quarantine_id=qid)
 
     def _remember_verdict(self, verdict) -> None:
-        """Keep flagged verdicts by file identity for launch decisions (a clean file that
-        is launched is scanned again then: rare, and it keeps this small)."""
+        """Keep flagged verdicts by file and content (device, inode, sha256) for launch
+        decisions (a clean file that is launched is scanned again then: rare, and it keeps
+        this small). By content, not by timestamps: a rewrite with the mtime put back, or
+        through a writable mapping (no timestamp changes at all), does not inherit the
+        old content's verdict, and a rename or a new hard link (which change the ctime)
+        does not lose it."""
         st = verdict.details.get("stat") if isinstance(verdict.details, dict) else None
-        if not st or not verdict.flagged:
+        if not st or not verdict.flagged or not verdict.sha256:
             return
-        ident = (st["dev"], st["ino"], st["size"], st["mtime_ns"])
+        ident = (st["dev"], st["ino"], verdict.sha256)
         summary = _launch_summary(verdict)
         with self._pending_lock:
             known = self._verdicts.pop(ident, None)
@@ -657,14 +706,16 @@ class Daemon:
             while len(self._verdicts) > _VERDICTS_MAX:
                 del self._verdicts[next(iter(self._verdicts))]
 
-    def _verdict_for_launch(self, path: str, st: os.stat_result) -> dict[str, Any] | None:
-        """The verdict of the file about to run: the one from its scan when it is the same
-        file (device, inode, size, mtime), else a scan now (first launch of a file that
-        arrived before the agent, or changed since). None for very large files."""
-        ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    def _verdict_for_launch(self, path: str, st: os.stat_result, sha256: str,
+                            scan: bool = True) -> dict[str, Any] | None:
+        """The verdict of the file about to run (*sha256*: its content, hashed by launch
+        control): the one from its scan when it is the same file with the same content,
+        else (with *scan*) a scan now (first launch of a file that arrived before the
+        agent, or changed since). None for very large files, or unknown without *scan*."""
+        ident = (st.st_dev, st.st_ino, sha256)
         with self._pending_lock:
             known = self._verdicts.get(ident)
-        if known is not None or st.st_size > _LAUNCH_SCAN_MAX:
+        if known is not None or not scan or st.st_size > _LAUNCH_SCAN_MAX:
             return known
         verdict = self.scanner.scan_file(path, follow=False)
         if verdict.error:
@@ -733,7 +784,8 @@ class Daemon:
                               "entries": len(self.allowlist.current.entries),
                               "error": self._allowlist_error,
                               "pull": self.puller.status() if self.puller else None},
-                "syslog": self.forwarder.status() if self.forwarder else None}
+                "syslog": self.forwarder.status() if self.forwarder else None,
+                "parsers": _parser_status(self.scanner)}
 
     def _status_token(self) -> tuple:
         """What status.json shows that can change, cheap to compare once a second."""
@@ -807,8 +859,31 @@ def _launch_summary(verdict) -> dict[str, Any]:
             "rules": list(verdict.rules), "summary": verdict.summary}
 
 
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    """What makes a file "the same file, unchanged": device, inode, size, mtime and ctime.
+    ctime because utime puts an mtime back (a rewrite of the same size would pass) and
+    nothing but the kernel sets ctime; it also tells a new file on a reused inode number."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 _M_MMAP_THRESHOLD = -3      # glibc mallopt() parameters
 _M_ARENA_MAX = -8
+
+
+def _parser_status(scanner: Scanner) -> dict[str, Any]:
+    if not isinstance(scanner, IsolatedScanner):
+        return {"isolated": False}
+    b = scanner.budget
+    return {"isolated": True, "workers_started": scanner.started,
+            "failures": scanner.failures, "idle_workers": scanner.worker_pids(),
+            "unavailable": scanner.unavailable, "worker_user": scanner.worker_user,
+            "budget": {"cpu_s": b.cpu_s, "memory_mb": b.memory_mb, "wall_s": b.wall_s}}
+
+
+def _close_scanner(scanner: Scanner) -> None:
+    close = getattr(scanner, "close", None)
+    if close is not None:
+        close()
 
 
 def _tune_malloc() -> None:

@@ -12,14 +12,17 @@ read at all) raises a GuardError.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import os
 import pwd
+import signal
 import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import pefile
 
@@ -40,6 +43,11 @@ HEAD_BYTES = 1 << 20       # what a too-large file is identified from
 INTERNAL_ERROR = "internal error in the scan"   # starts a malformed reason's detail
 _READ_CHUNK = 1 << 20
 _PARALLEL_HASH_BYTES = 1 << 20   # from this size the hash runs beside the inspection
+# Read leases (Linux): a writer that opens the file while it is read breaks the lease. Its
+# break is signalled with SIGURG, whose default action is to ignore it (SIGIO would kill).
+LEASE_HELD, LEASE_WRITER, LEASE_UNAVAILABLE = "held", "writer", "unavailable"
+_LEASE_SIGNAL = getattr(signal, "SIGURG", 0)
+CHANGED_WHILE_SCANNED = "the file changed while it was being scanned"
 
 
 @dataclass(frozen=True)
@@ -110,12 +118,20 @@ class Scanner:
             s.skipped = _special_kind(st.st_mode)
             return
         fd = os.open(path, flags)
+        lease = LEASE_UNAVAILABLE
         try:
+            # The lease first, then the stat: what is read is what the stat describes.
+            lease = _take_read_lease(fd)
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):       # swapped between stat and open
                 s.skipped = _special_kind(st.st_mode)
                 return
             s.size = st.st_size
+            if lease == LEASE_WRITER:
+                # open for writing (or mapped writable) elsewhere: a rewrite may be half
+                # done, and no read can tell. Not read at all.
+                s.error = CHANGED_WHILE_SCANNED
+                return
             unhashed = st.st_size > self.options.max_hash_bytes
             s.too_large = st.st_size > self.options.max_size_bytes or unhashed
             if unhashed:
@@ -124,19 +140,25 @@ class Scanner:
                     f"size: {st.st_size} bytes is over the {self.options.max_hash_bytes} byte "
                     f"limit for fingerprinting; not hashed, only its first and last bytes read")
             elif s.too_large:
-                data, tail, digest, nread = self._read_streaming(fd)
+                data, tail, digest, nread = self._read_streaming(
+                    fd, (lambda: _lease_broken(fd)) if lease == LEASE_HELD else None)
             else:
                 data = _read_whole(fd, st.st_size)
                 tail, digest, nread = data[-512:], None, len(data)
             after = os.fstat(fd)
+            disturbed = lease == LEASE_HELD and _lease_broken(fd)
         finally:
+            if lease == LEASE_HELD:
+                _release_lease(fd)             # a writer waiting on the break goes on now
             os.close(fd)
-        if nread != st.st_size or (after.st_size, after.st_mtime_ns) != (
-                st.st_size, st.st_mtime_ns):
+        if disturbed or nread != st.st_size or _stamp(after) != _stamp(st):
             # No verdict for content that changed under the read: it may not be what runs.
-            s.error = "the file changed while it was being scanned"
+            # Without a lease only the stat comparison is left, and it cannot see a read
+            # that fell between two writes of one rewrite.
+            s.error = CHANGED_WHILE_SCANNED
             return
-        s.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_uid)
+        s.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                      st.st_uid)
         if digest is not None:
             s.sha256 = digest
             self._inspect(s, data, tail, st)
@@ -150,14 +172,17 @@ class Scanner:
             s.sha256 = hasher.hexdigest() if hasher else hashlib.sha256(data).hexdigest()
 
     @staticmethod
-    def _read_streaming(fd: int) -> tuple[bytes, bytes, str, int]:
+    def _read_streaming(fd: int, broken: Callable[[], bool] | None = None
+                        ) -> tuple[bytes, bytes, str, int]:
         """A too-large file: (head, tail, sha256, bytes read). The head (HEAD_BYTES) is
-        what it is identified from; the hash covers every byte."""
+        what it is identified from; the hash covers every byte. Stops early once
+        *broken* says a writer is waiting (the read is void then, and the writer should
+        not wait for the rest of it)."""
         h = hashlib.sha256()
         head = bytearray()
         tail = b""
         nread = 0
-        while True:
+        while broken is None or not broken():
             chunk = os.read(fd, _READ_CHUNK)
             if not chunk:
                 break
@@ -228,9 +253,9 @@ class Scanner:
         level, reasons = judge(s)
         details: dict[str, object] = {"scan_ms": round(elapsed_s * 1000, 2)}
         if s.identity:
-            dev, ino, size, mtime_ns, uid = s.identity
+            dev, ino, size, mtime_ns, ctime_ns, uid = s.identity
             details["stat"] = {"dev": dev, "ino": ino, "size": size, "mtime_ns": mtime_ns,
-                               "uid": uid}
+                               "ctime_ns": ctime_ns, "uid": uid}
         if s.pe is not None:
             details["pe"] = s.pe.to_dict()
         if s.shortcut is not None:
@@ -313,6 +338,44 @@ class Scanner:
         s = Sample(path=path, name=analyze_name(os.path.basename(path)))
         s.skipped = why
         return self._verdict(s, 0.0)
+
+
+def _take_read_lease(fd: int) -> str:
+    """Take a read lease on *fd* (a file opened for reading): LEASE_HELD; LEASE_WRITER
+    when the file is open for writing (or mapped writable) somewhere, so that its content
+    may be half rewritten; LEASE_UNAVAILABLE where leases cannot be had (not the owner
+    and no CAP_LEASE, a file system without them, not Linux): the stat comparison alone
+    decides then. While it is held, a writer's open waits until it is released."""
+    setlease = getattr(fcntl, "F_SETLEASE", None)
+    setsig = getattr(fcntl, "F_SETSIG", None)
+    if setlease is None or setsig is None or not _LEASE_SIGNAL:
+        return LEASE_UNAVAILABLE
+    try:
+        fcntl.fcntl(fd, setsig, _LEASE_SIGNAL)
+        fcntl.fcntl(fd, setlease, fcntl.F_RDLCK)
+    except OSError as exc:
+        return LEASE_WRITER if exc.errno == errno.EAGAIN else LEASE_UNAVAILABLE
+    return LEASE_HELD
+
+
+def _lease_broken(fd: int) -> bool:
+    """A writer asked to open the file since the lease was taken (or it is gone)."""
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_RDLCK
+    except OSError:
+        return True
+
+
+def _release_lease(fd: int) -> None:
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    except OSError:
+        pass                                    # closing the descriptor releases it too
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int]:
+    """What tells that a file changed: ctime too, which utime cannot put back."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _read_ends(fd: int, size: int) -> tuple[bytes, bytes]:

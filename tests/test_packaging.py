@@ -147,6 +147,16 @@ def test_debian_package_installs_runs_and_removes_cleanly(tmp_path):
         assert _run(["/usr/bin/guard", "scan", str(good)]).returncode == 0
         r = _run(["/usr/bin/guard", "scan", "--json", str(bad)])
         assert r.returncode == 1 and '"malicious"' in r.stdout     # bundled rules and parsers
+        # The agent's parsers run in a worker that drops root: the packaged install is
+        # readable by other users, so lazily imported parser modules still load as nobody.
+        code = ("from guard.sandbox import IsolatedScanner\n"
+                "from guard.scanner import load_rules\n"
+                "s = IsolatedScanner(load_rules())\n"
+                f"levels = [s.scan_file(p).level.value for p in ({str(bad)!r}, {str(good)!r})]\n"
+                "print(s.worker_user or '-', *levels, s.failures)\n"
+                "s.close()\n")
+        r = _run(["/opt/guard/venv/bin/python", "-c", code])
+        assert r.stdout.split() == ["nobody", "malicious", "clean", "0"], r.stdout + r.stderr
         r = _run(["guard", "config", "check", "--config", "/etc/guard/config.toml"])
         assert r.returncode == 0, r.stderr
         if shutil.which("systemd-analyze"):

@@ -224,6 +224,20 @@ def test_an_answer_that_names_anything_but_facts_is_refused(answer, tmp_path):
     assert not Path("/tmp/guard-sandbox-pwned").exists()
 
 
+def test_enum_members_come_back_but_getattr_gives_nothing_else():
+    """Some Pythons pickle an enum member as getattr(cls, name): that much is allowed."""
+    from guard.verdict import Family, FileType
+
+    def raw(cls, name) -> bytes:       # PROTO 4, GLOBAL builtins getattr, (cls, name), REDUCE
+        return (b"\x80\x04cbuiltins\ngetattr\n" + b"c" + cls.__module__.encode() + b"\n"
+                + cls.__name__.encode() + b"\n" + b"X" + len(name).to_bytes(4, "little")
+                + name.encode() + b"\x86R.")
+    assert _FactsUnpickler(io.BytesIO(raw(Family, "EXECUTABLE"))).load() is Family.EXECUTABLE
+    for cls, name in ((FileType, "__init__"), (Family, "__class__"), (Family, "nope")):
+        with pytest.raises(pickle.UnpicklingError):
+            _FactsUnpickler(io.BytesIO(raw(cls, name))).load()
+
+
 def test_facts_of_the_wrong_shape_are_refused():
     with pytest.raises(ValueError):
         _check_facts({"type": None})

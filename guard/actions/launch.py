@@ -14,8 +14,10 @@ notification follow on a separate thread, so none of them can delay a launch.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import os
+import signal
 import sys
 import threading
 import time
@@ -23,6 +25,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+try:
+    import fcntl
+except ImportError:                  # Windows: no leases, the portable monitor alone
+    fcntl = None  # type: ignore[assignment]
 
 from ..sources.procpoll import (Launch, ProcessMonitor, interpreter_name, launch_target,
                                 stop_process, under)
@@ -54,7 +61,7 @@ class LaunchControl:
                  deadline_s: float = 1.0, fail_closed: bool = False, poll_s: float = 0.1,
                  break_glass: Callable[[], bool] = lambda: False,
                  exclude: Callable[[str], bool] = lambda p: False,
-                 verdict_of: Callable[[str, os.stat_result], dict[str, Any] | None]
+                 verdict_of: Callable[[str, os.stat_result, str], dict[str, Any] | None]
                  | None = None):
         self.roots = tuple(os.path.realpath(os.fspath(r)) for r in roots)
         self.allowlist = allowlist          # AllowlistStore: .current.match(...)
@@ -67,7 +74,9 @@ class LaunchControl:
         self.poll_s = poll_s
         self.break_glass = break_glass
         self.exclude = exclude
-        self.verdict_of = verdict_of        # the file's scan verdict (summary dict) or None
+        # (path, stat, sha256 of the content about to run, scan=) -> its scan verdict (a
+        # summary) or None; scan=False: only a verdict already known, never a scan now
+        self.verdict_of = verdict_of
         self.backend = "off"
         self.why = ""
         self.pid = os.getpid()
@@ -178,9 +187,19 @@ class LaunchControl:
                 getattr(e, "kind", "") == "signer" for e in getattr(current, "entries", ())):
             signers = _signers(fd, path)
         entry = current.match(sha256, path, signers, _dt.date.today())
-        verdict = self.verdict_of(path, st) if self.verdict_of is not None else None
+        # A verdict can change the answer only for a path-glob entry: only then may a scan
+        # (a first launch, a parser worker starting) hold the launch. Otherwise the known
+        # verdict, if any, is used and a missing one is worked out for the record after
+        # the answer went out.
+        verdict, later = None, False
+        if self.verdict_of is not None:
+            needed = entry is not None and entry.kind == "path"
+            verdict = self.verdict_of(path, st, sha256, scan=needed)
+            later = verdict is None and not needed
         info = {"sha256": sha256, "dev": st.st_dev, "ino": st.st_ino, "size": st.st_size,
                 "mtime_ns": st.st_mtime_ns, "path": path, "verdict": verdict}
+        if later:
+            info["_verdict_later"] = st
         malicious = bool(verdict) and verdict.get("level") == "malicious"
         overridden = ""
         if entry is not None and entry.kind == "path" and malicious:
@@ -238,16 +257,19 @@ class LaunchControl:
                 return Answer(True, "exempt", "not a launch")
         if _ppid(ev.pid) == self.pid:
             return Answer(True, "exempt", "the guard's own child")
+        # Only a refusal is taken from the cache here: an allow was taken above for an exec,
+        # and is never taken for an interpreter's open of its script. A script can be
+        # rewritten through a shared writable mapping without any timestamp changing
+        # (unlike a program: a writable mapping makes its exec fail), so the key can
+        # still match while the content does not: its content is hashed at every run.
         with self._cache_lock:
             hit = self._cache.get(key)
-        if hit is not None:
+        if hit is not None and not hit.allow:
             self.stats["cached"] += 1
-            if hit.allow and ev.is_exec:
-                self._remember_exec(ev.pid, key)
             # a refusal is logged: with this file's path (the decision may have been made
             # for another name of it) and the process, read while it still waits
-            detail = None if hit.allow else (hit, _process_fields(ev.pid), ev.path())
-            return Answer(hit.allow, "cache", hit.because, detail)
+            return Answer(False, "cache", hit.because, (hit, _process_fields(ev.pid),
+                                                        ev.path()))
         return None
 
     def _remember_exec(self, pid: int, key: tuple[int, ...]) -> None:
@@ -261,13 +283,18 @@ class LaunchControl:
             time.sleep(self.test_delay_s)        # test hook: a deliberately slow decision
         st = os.fstat(ev.fd)
         path = ev.path()
+        # A file open for writing (or mapped writable) somewhere may change after the
+        # read without its timestamps changing: decided for this launch only. Asked
+        # before the read: a writer who comes after it changes the timestamps.
+        writable = _open_for_writing(ev.fd)
         d = self._policy(path, ev.fd, st)
         self.stats["decisions"] += 1
-        if d.how == "decided":
+        lasting = d.how == "decided" and not writable
+        if lasting:
             with self._cache_lock:
                 self._cache[self._cache_key(st)] = d
         proc = _process_fields(ev.pid)
-        if d.allow and ev.is_exec:
+        if d.allow and ev.is_exec and lasting:
             self._remember_exec(ev.pid, self._cache_key(st))
         return Answer(d.allow, d.how, d.because, (d, proc, path))
 
@@ -305,8 +332,9 @@ class LaunchControl:
                 d = self._cache.get(self._cache_key(st))
             how_cached = d is not None
             if d is None:
+                writable = _open_for_writing(fd)
                 d = self._policy(launch.target, fd, st)
-                if d.how == "decided":
+                if d.how == "decided" and not writable:
                     with self._cache_lock:
                         self._cache[self._cache_key(st)] = d
         finally:
@@ -332,6 +360,10 @@ class LaunchControl:
 
     def _follow_up(self, record: dict[str, Any]) -> None:
         try:
+            info = record.get("info") or {}
+            st = info.pop("_verdict_later", None)
+            if st is not None and self.verdict_of is not None:
+                info["verdict"] = self.verdict_of(info["path"], st, info["sha256"], scan=True)
             self.on_event(record)
             if not record["allow"]:
                 self.on_denied(record)
@@ -356,6 +388,28 @@ def _hash(fd: int | None, path: str) -> str:
         if own:
             os.close(fd)
     return h.hexdigest()
+
+
+def _open_for_writing(fd: int) -> bool:
+    """Whether the file behind *fd* (open for reading) is open for writing or mapped
+    writable by anyone: a read lease cannot be had then (Linux; root has CAP_LEASE).
+    Taken and given back at once; its break signal is SIGURG (ignored by default, where
+    SIGIO would end the agent). False where leases are not available: the timestamps in
+    the cache key are all there is then."""
+    setlease = getattr(fcntl, "F_SETLEASE", None)
+    setsig = getattr(fcntl, "F_SETSIG", None)
+    if setlease is None or setsig is None or not hasattr(signal, "SIGURG"):
+        return False
+    try:
+        fcntl.fcntl(fd, setsig, signal.SIGURG)
+        fcntl.fcntl(fd, setlease, fcntl.F_RDLCK)
+    except OSError as exc:
+        return exc.errno == errno.EAGAIN
+    try:
+        fcntl.fcntl(fd, setlease, fcntl.F_UNLCK)
+    except OSError:
+        pass
+    return False
 
 
 def _signers(fd: int | None, path: str) -> tuple[str, ...]:

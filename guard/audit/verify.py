@@ -14,7 +14,8 @@ Limits (see ``writer`` for the chain itself):
 - With a key, every record must be HMAC-signed: start a fresh log when adding a key.
 - Deleting whole records off the end, or the oldest records of a rotated log (rotation
   drops the oldest file too), is not detectable from the files alone; the SIEM's copy
-  is the anchor. A log that was never rotated must start at seq 1.
+  is the anchor: pass the newest seq it holds as ``last_seq`` and a log cut short
+  before it is reported. A log that was never rotated must start at seq 1.
 """
 
 from __future__ import annotations
@@ -72,17 +73,20 @@ def log_files(path: Path) -> list[Path]:
     return files + [path] if path.exists() else files
 
 
-def verify_log(path: Path, key: bytes | None = None) -> VerifyResult:
+def verify_log(path: Path, key: bytes | None = None, *,
+               last_seq: int | None = None) -> VerifyResult:
     """Check the chain across all of the log's files.
 
-    Reads every file once, line by line. Raises AuditError when no file of the log exists
-    or one cannot be read.
+    ``last_seq``: a seq known to have been written, from outside the log (the newest
+    record the SIEM received); a log that ends before it was cut short, and the first
+    missing record is its first bad one. Reads every file once, line by line. Raises
+    AuditError when no file of the log exists or one cannot be read.
     """
     path = Path(path)
     files = log_files(path)
     if not files:
         raise AuditError("no audit log here", path=str(path))
-    check = _ChainCheck(key, never_rotated=files == [path])
+    check = _ChainCheck(key, never_rotated=files == [path], last_seq=last_seq)
     for f in files:
         try:
             with open(f, "rb") as fh:
@@ -97,13 +101,16 @@ def verify_log(path: Path, key: bytes | None = None) -> VerifyResult:
 class _ChainCheck:
     """Feeds lines in log order; keeps the last trusted record to judge the next one."""
 
-    def __init__(self, key: bytes | None, never_rotated: bool) -> None:
+    def __init__(self, key: bytes | None, never_rotated: bool,
+                 last_seq: int | None = None) -> None:
         self.key = key
         self.never_rotated = never_rotated    # so the first record must be seq 1
+        self.last_seq = last_seq              # the log must reach at least this seq
         self.problems: list[Problem] = []
         self.records = 0
         self.unchecked = 0
         self.last_good: int | None = None     # seq of the last trusted record
+        self.first_seq: int | None = None     # seq of the first trusted record
         self.bad_run = 0                      # untrusted lines since then
         self.prev_digest: str | None = None   # sha256 of the line before
         self.prev_where: tuple[str, int] = ("", 0)
@@ -122,6 +129,13 @@ class _ChainCheck:
 
     def result(self, files: list[str]) -> VerifyResult:
         self._place_unanchored()
+        end = (self.last_good or 0) + self.bad_run   # positions the log's lines fill
+        if self.last_seq is not None and end < self.last_seq:
+            file, line = self.prev_where
+            self.problems.append(Problem(file or "-", line + 1, end + 1, f"the log ends at "
+                                         f"seq {end} but seq {self.last_seq} was written: "
+                                         f"{self.last_seq - end} record(s) missing at the "
+                                         f"end (deleted or truncated)"))
         seqs = [p.seq for p in self.problems if p.seq is not None]
         return VerifyResult(ok=not self.problems, records=self.records, files=files,
                             first_bad_seq=min(seqs) if seqs else None,
@@ -181,6 +195,14 @@ class _ChainCheck:
             self._first_trusted(file, lineno, seq, prev)
             return
         low, high = self.last_good, self.last_good + self.bad_run + 1
+        if self.first_seq is not None and seq < self.first_seq:
+            # Older than the log's first record: the head was reordered (a rotated log
+            # may start at any seq, so the misplaced record was taken for the start).
+            self.problems.append(Problem(file, lineno, seq, f"seq {seq} comes after seq "
+                                         f"{low} but before the log's first record, seq "
+                                         f"{self.first_seq} (moved or reordered)"))
+            self.bad_run += 1
+            return
         if seq <= low:
             self._bad(file, lineno, b"", f"seq {seq} repeats or goes back after seq {low} "
                       f"(inserted, duplicated or reordered)")
@@ -218,7 +240,7 @@ class _ChainCheck:
             self.problems.append(Problem(file, lineno, 1, f"the log starts at seq {seq} and "
                                          f"has no rotated files: {seq - 1} record(s) "
                                          f"missing (deleted)"))
-        self.last_good, self.bad_run = seq, 0
+        self.last_good, self.bad_run, self.first_seq = seq, 0, seq
 
 
 def _chain_fields_ok(chain: Any) -> bool:

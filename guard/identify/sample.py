@@ -40,4 +40,4 @@ class Sample:
     limits_exceeded: list[str] = field(default_factory=list)  # "yara: timed out after 10 s"
     error: str | None = None
     skipped: str = ""          # why the file was not opened (fifo, symlink out of root)
-    identity: tuple[int, int, int, int, int] | None = None  # dev, ino, size, mtime_ns, uid
+    identity: tuple[int, ...] | None = None  # dev, ino, size, mtime_ns, ctime_ns, uid

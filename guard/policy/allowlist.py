@@ -40,6 +40,7 @@ import re
 import stat
 import tempfile
 import threading
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ from typing import Any, Iterator, Sequence
 from ..errors import ConfigError, GuardError
 
 MAX_BYTES = 4 * 1024 * 1024
+_RACY_NS = 2_000_000_000     # a file changed this recently is read again at the next reload
 KINDS = ("sha256", "path", "signer")
 NEW_FILE_MODE = 0o640
 NEW_DIR_MODE = 0o750
@@ -231,9 +233,31 @@ def parse_allowlist(data: bytes, source: Path | str = "<string>",
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _toml_error(exc, text, src) from None
+    except RecursionError:
+        # tomllib recurses once per nested array or inline table: 100k '[' would end
+        # whichever thread reloads the list (the daemon's housekeeper).
+        raise AllowlistError("invalid TOML: arrays or inline tables nested too deeply",
+                             src, _deepest_line(text)) from None
     layout = _Layout(text)
     entries = _build_entries(raw, layout, src)
     return Allowlist(tuple(entries), Path(source), hashlib.sha256(data).hexdigest(), False, key)
+
+
+def _deepest_line(text: str) -> int:
+    """The line where brackets and braces nest deepest (strings and comments not
+    told apart: this only points at the spot to look at)."""
+    depth = best = 0
+    best_line = line = 1
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            if depth > best:
+                best, best_line = depth, line
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        elif ch == "\n":
+            line += 1
+    return best_line
 
 
 def _toml_error(exc: tomllib.TOMLDecodeError, text: str, src: str) -> AllowlistError:
@@ -314,7 +338,10 @@ def _user(uid: int) -> str:
 
 
 def _key(st: os.stat_result) -> tuple[int, ...]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode, st.st_uid)
+    # ctime too: an in-place rewrite of the same size with its mtime set back (touch -r,
+    # rsync -t, tar) changes nothing else, and no user can set ctime.
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode,
+            st.st_uid)
 
 
 def _stat_key(path: Path) -> tuple[int, ...] | None:
@@ -563,7 +590,7 @@ class AllowlistStore:
         return self._error
 
     def reload(self) -> tuple[bool, AllowlistError | None]:
-        """Re-read the file if its (mtime_ns, size, inode, mode, owner) changed.
+        """Re-read the file if its (mtime_ns, ctime_ns, size, inode, mode, owner) changed.
 
         Returns (changed, error): *changed* when the list in force is now different;
         *error* when the file changed but could not be used (the last good list stays).
@@ -572,17 +599,34 @@ class AllowlistStore:
             key = _stat_key(self.path)
             if key == self._stat:
                 return False, None
+            recheck = not isinstance(self._stat, tuple)   # a re-read of a racy file
             try:
                 new = load_allowlist(self.path)
             except AllowlistError as exc:
-                self._stat = key
+                same = recheck and self._error is not None and str(exc) == str(self._error)
+                self._stat = _trusted(key)
+                if same:
+                    return False, None          # the refusal was already reported
                 self._error = exc
                 return False, exc
             old = self._current
-            self._stat = new.key if new.key is not None else key
+            self._stat = _trusted(new.key if new.key is not None else key)
             self._error = None
-            self._current = new
-            return (new.fingerprint, new.missing) != (old.fingerprint, old.missing), None
+            changed = (new.fingerprint, new.missing) != (old.fingerprint, old.missing)
+            if changed or old.key is None:
+                self._current = new     # same bytes: the list in force stays the same object
+            return changed, None
+
+
+def _trusted(key: Any) -> Any:
+    """*key*, or a marker that matches nothing while the file changed too recently for
+    its times to tell the next change apart: file times tick in steps of a few
+    milliseconds (seconds on some filesystems), so a same-size rewrite right after this
+    read could leave every field equal. The next reload then reads the file again."""
+    if isinstance(key, tuple) and len(key) > 4 and \
+            time.time_ns() - max(key[3], key[4]) < _RACY_NS:
+        return object()
+    return key
 
 
 # --- editing ----------------------------------------------------------------------------
