@@ -500,9 +500,8 @@ def _record(action: str, allowlist: Path, kind: str, value: str, file: str, *,
 
 def _log_writer(config: Any) -> Audit:
     def write(record: dict[str, Any]) -> None:
-        from .audit.writer import AuditLog
-        with AuditLog(Path(config.log_file), max_bytes=int(config.log_max_mb * 1024 * 1024),
-                      keep=config.log_keep) as log:
+        from .audit.writer import open_for
+        with open_for(config) as log:
             log.write(record)
     return write
 

@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     lgs = lg.add_subparsers(dest="log_command", metavar="ACTION")
     lv = lgs.add_parser("verify", parents=[cfg], help="check the hash chain of the audit log")
     lv.add_argument("--file", metavar="PATH", help="log file (default: from the configuration)")
+    lv.add_argument("--key-file", metavar="PATH",
+                    help="the log's HMAC key (default: the configuration's log_key_file, "
+                         "state_dir/audit.key)")
+    lv.add_argument("--last-seq", type=int, metavar="N",
+                    help="the newest seq known to have been written (from the SIEM's copy): "
+                         "a log that ends before it was cut short")
     lv.add_argument("--json", action="store_true")
     lt = lgs.add_parser("tail", parents=[cfg], help="print records for people")
     lt.add_argument("-f", "--follow", action="store_true")
@@ -406,9 +412,8 @@ def _vault(args: argparse.Namespace):
 def _audit(config, record: dict) -> None:
     """Log an admin action into the chained log (safe beside a running agent: every
     write takes the log's lock and continues the chain from the file)."""
-    from .audit.writer import AuditLog
-    with AuditLog(config.log_file, max_bytes=int(config.log_max_mb * 1024 * 1024),
-                  keep=config.log_keep) as log:
+    from .audit.writer import open_for
+    with open_for(config) as log:
         log.write(record)
 
 
@@ -483,15 +488,33 @@ def _log_path(args: argparse.Namespace):
 
 
 def cmd_log_verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from .audit.verify import verify_log
-    result = verify_log(_log_path(args))
+    from .audit.writer import load_key
+    if args.key_file:
+        key = load_key(Path(args.key_file))
+        if key is None:
+            raise GuardError("no such key file", path=args.key_file)
+    else:
+        key_path = _config(args).audit_key_path
+        unreadable = key_path is not None and key_path.exists() and not os.access(
+            key_path, os.R_OK)                 # not the agent's user: links only
+        key = load_key(key_path) if key_path is not None and not unreadable else None
+    result = verify_log(_log_path(args), key, last_seq=args.last_seq)
+    note = ("" if key is not None or not result.hashes_unchecked else
+            f"{result.hashes_unchecked} signed records: their links were checked, their "
+            f"signatures not (no key; run as the agent's user or pass --key-file)")
     if args.json:
         print(json.dumps({"ok": result.ok, "records": result.records, "files": result.files,
-                          "first_bad_seq": result.first_bad_seq,
+                          "first_bad_seq": result.first_bad_seq, "keyed": key is not None,
+                          "signatures_unchecked": result.hashes_unchecked if key is None else 0,
                           "problems": [p.__dict__ for p in result.problems]}))
     else:
         for p in result.problems:
             print(p)
+        if note:
+            print(f"note: {note}")
         print(f"{'OK' if result.ok else 'TAMPERED'}: {result.records} records in "
               f"{len(result.files)} file(s)"
               + (f", first bad record {result.first_bad_seq}" if not result.ok else ""))

@@ -54,6 +54,10 @@ class Config:
     log_clean: bool = False         # also log a record for every clean file scanned
     log_max_mb: float = 50.0
     log_keep: int = 10
+    # records are HMAC-chained with a key only the agent's user can read (made on first
+    # start), so a rewrite from any record on is detected: `guard log verify`
+    log_signing: bool = True
+    log_key_file: Path | None = None     # default: state_dir/audit.key
     # parsers (libmagic, pefile, olevba, archive readers, YARA) run in worker processes,
     # each scan under a budget; a file over budget is "limit-exceeded", never clean
     parser_isolation: bool = True
@@ -87,6 +91,13 @@ class Config:
     allowlist_pull_s: float = 300.0
     allowlist_ca_file: Path | None = None
     source: str = "<embedded default>"   # where this config came from
+
+    @property
+    def audit_key_path(self) -> Path | None:
+        """Where the audit log's HMAC key lives; None when log_signing is off."""
+        if not self.log_signing:
+            return None
+        return self.log_key_file or self.state_dir / "audit.key"
 
 
 def is_root() -> bool:
@@ -235,6 +246,7 @@ _SIMPLE: dict[str, tuple[type, ...]] = {
     "sweep_interval_s": (int, float), "max_size_mb": (int, float),
     "yara_timeout_s": (int, float), "quarantine_suspicious": (bool,), "log_clean": (bool,),
     "log_max_mb": (int, float), "log_keep": (int,), "notify": (str,),
+    "log_signing": (bool,), "log_key_file": (str,),
     "parser_isolation": (bool,), "parser_cpu_s": (int, float),
     "parser_memory_mb": (int, float), "parser_wall_s": (int, float),
     "parser_idle_s": (int, float),
@@ -321,6 +333,8 @@ def _build(raw: dict[str, Any], text: str, source: str) -> Config:
         values["allowlist_pubkeys"] = tuple(_expand(v) for v in values["allowlist_pubkeys"])
     for key in ("quarantine_dir", "log_file", "allowlist", "state_dir"):
         values[key] = _expand(values[key]) if key in values else base[key]
+    if "log_key_file" in values:
+        values["log_key_file"] = _expand(values["log_key_file"])
     values["break_glass_file"] = _expand(values["break_glass_file"]) if \
         "break_glass_file" in values else values["state_dir"] / "break-glass"
     if "launch_extra_paths" in values:

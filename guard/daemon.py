@@ -111,9 +111,8 @@ class Daemon:
         self.acquire_lock()                  # before anything opens the log or the vault
         self.scanner = self._build_scanner(config)
         self.vault = Vault(config.quarantine_dir)
-        from .audit.writer import AuditLog
-        self.audit = AuditLog(config.log_file, max_bytes=int(config.log_max_mb * 1024 * 1024),
-                              keep=config.log_keep)
+        from .audit.writer import open_for
+        self.audit = open_for(config)
         self.forwarder = self._build_forwarder(config)
         self.notifier = Notifier(config.notify)
         self.meeting = MeetingMonitor(config.meeting_apps, config.meeting_linger_s,

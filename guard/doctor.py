@@ -75,8 +75,13 @@ def _check_files(config: Config) -> Iterator[Check]:
         ("quarantine vault", config.quarantine_dir, True, False),
         ("audit log folder", config.log_file.parent, False, False),
         ("audit log", config.log_file, False, False),
+        ("audit log key", config.audit_key_path, True, False),
     ]
     for name, path, private, _ in items:
+        if path is None and name == "audit log key":
+            yield Check(name, WARN, "log_signing is off: a rewrite of the log from any "
+                        "record on cannot be told apart", "set log_signing = true")
+            continue
         if path is None:
             yield Check(name, OK, "none: the embedded default configuration")
             continue
@@ -95,7 +100,9 @@ def _check_files(config: Config) -> Iterator[Check]:
         problem = _perm_problem(path, st, private=private)
         if problem:
             yield Check(name, FAIL if name in ("allowlist", "config file") else WARN, problem,
-                        f"chown root and chmod {'0700' if private else 'go-w'} {path}")
+                        f"chown root and chmod "
+                        f"{('0700' if stat.S_ISDIR(st.st_mode) else '0600') if private else 'go-w'}"
+                        f" {path}")
         else:
             yield Check(name, OK, f"{path} (mode {stat.S_IMODE(st.st_mode):04o})")
 

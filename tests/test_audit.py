@@ -618,3 +618,109 @@ def test_follow_waits_for_a_log_that_does_not_exist_yet(tmp_path):
         stop.set()
         reader.join(timeout=10)
     assert [r["guard"]["seq"] for r in seen] == [1, 2, 3]
+
+
+# --- the shipped agent signs its log: a re-chain from the middle is found -----------------
+
+def _rechain_plain(path: Path, from_seq: int, edit) -> None:
+    """An attacker without the key: edit the record *from_seq* and recompute every later
+    hash (plain sha256, the only kind one can make without the key)."""
+    lines = path.read_bytes().splitlines()
+    out, prev = [], None
+    for raw in lines:
+        rec = json.loads(raw)
+        g = rec["guard"]
+        if g["seq"] >= from_seq:
+            if g["seq"] == from_seq:
+                edit(rec)
+            g["prev"] = prev if prev is not None else g["prev"]
+            g["alg"] = "sha256"
+            body = canonical_json({**rec, "guard": {k: v for k, v in g.items() if k != "hash"}})
+            g["hash"] = chain_digest(g["prev"], body, None)
+            raw = canonical_json(rec).encode("ascii")
+        out.append(raw)
+        prev = line_digest(raw)
+    path.write_bytes(b"\n".join(out) + b"\n")
+
+
+def test_the_agent_signs_and_verify_finds_a_rechain_from_the_middle(agent, tmp_path):
+    a = agent()
+    for i in range(6):
+        (tmp_path / "Downloads" / f"Invoice-{i}.pdf").write_bytes(b"MZ" + bytes(300))
+    from daemon_support import wait_until
+    assert wait_until(lambda: a.status()["counters"]["quarantined"] >= 6, 60)
+    a.stop()
+    key_file = tmp_path / "state" / "audit.key"
+    assert key_file.exists() and key_file.stat().st_mode & 0o777 == 0o600
+    log = tmp_path / "log" / "audit.jsonl"
+    recs = [json.loads(x) for x in log.read_text().splitlines()]
+    assert recs and all(r["guard"]["alg"] == "hmac-sha256" for r in recs)
+    ok = a.cli("log", "verify", "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["keyed"] is True, ok.stdout
+
+    middle = recs[len(recs) // 2]["guard"]["seq"]
+    _rechain_plain(log, middle, lambda r: r.update(message="nothing happened"))
+    r = a.cli("log", "verify", "--json")
+    out = json.loads(r.stdout)
+    assert r.returncode == 1 and out["ok"] is False and out["first_bad_seq"] == middle, out
+    # without the key the same rewrite is consistent: that is what the key is for
+    plain = subprocess.run([sys.executable, "-m", "guard", "log", "verify", "--json",
+                            "--file", str(log), "--config", str(a.config),
+                            "--key-file", str(tmp_path / "none")], capture_output=True,
+                           text=True)
+    assert plain.returncode != 0 and "no such key file" in plain.stderr
+
+
+def test_a_wrong_key_and_a_whole_log_rewritten_without_one_are_reported(tmp_path):
+    from guard.audit.writer import load_key
+    key = load_key(tmp_path / "k", create=True)
+    log = tmp_path / "audit.jsonl"
+    with AuditLog(log, key=key) as w:
+        for i in range(5):
+            w.write(sample_record(i))
+    assert verify_log(log, key).ok
+    other = verify_log(log, b"x" * 32)
+    assert not other.ok and other.first_bad_seq == 1
+    _rechain_plain(log, 1, lambda r: r.update(message="rewritten"))
+    whole = verify_log(log, key)
+    assert not whole.ok and whole.first_bad_seq == 1
+
+
+def test_a_log_begun_before_signing_goes_on_signed(tmp_path):
+    """Turning signing on for an existing log: the plain records stay verifiable, the
+    first signed one covers them, and an edit among them is still found."""
+    from guard.audit.writer import load_key
+    log = tmp_path / "audit.jsonl"
+    with AuditLog(log) as w:
+        for i in range(4):
+            w.write(sample_record(i))
+    key = load_key(tmp_path / "k", create=True)
+    with AuditLog(log, key=key) as w:
+        for i in range(4, 8):
+            w.write(sample_record(i))
+    assert verify_log(log, key).ok
+    _rechain_plain(log, 2, lambda r: r.update(message="rewritten"))   # re-chains it all
+    res = verify_log(log, key)
+    assert not res.ok and res.first_bad_seq is not None and res.first_bad_seq <= 5
+
+
+@pytest.mark.parametrize("problem", ["world-readable", "symlink", "not-hex", "folder"])
+def test_a_key_file_that_cannot_be_trusted_is_refused_clearly(tmp_path, problem):
+    from guard.audit.writer import load_key
+    p = tmp_path / "audit.key"
+    if problem == "world-readable":
+        p.write_text("ab" * 32)
+        p.chmod(0o644)
+    elif problem == "symlink":
+        real = tmp_path / "real"
+        real.write_text("ab" * 32)
+        real.chmod(0o600)
+        p.symlink_to(real)
+    elif problem == "not-hex":
+        p.write_text("not a key at all")
+        p.chmod(0o600)
+    else:
+        p.mkdir()
+    with pytest.raises(AuditError) as e:
+        load_key(p, create=True)
+    assert str(p) in str(e.value) and "\n" not in str(e.value)

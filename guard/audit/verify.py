@@ -11,7 +11,11 @@ Limits (see ``writer`` for the chain itself):
   ``verify_log(key=...)``) it is, since nobody without the key can make valid HMACs.
 - Records that are HMAC-signed cannot have their hash checked without the key; they are
   counted in ``VerifyResult.hashes_unchecked`` and only their linkage is checked.
-- With a key, every record must be HMAC-signed: start a fresh log when adding a key.
+- With a key, every record must be HMAC-signed, except a run of plain records at the
+  very start (a log begun before signing was turned on): the first signed record's HMAC
+  covers the hash of the plain one before it, so an edit of the plain run is still
+  detected (at the first signed record, not at the edit), and a log with no signed record
+  at all is reported.
 - Deleting whole records off the end, or the oldest records of a rotated log (rotation
   drops the oldest file too), is not detectable from the files alone; the SIEM's copy
   is the anchor: pass the newest seq it holds as ``last_seq`` and a log cut short
@@ -109,6 +113,9 @@ class _ChainCheck:
         self.problems: list[Problem] = []
         self.records = 0
         self.unchecked = 0
+        self.signed = 0                       # HMAC records whose hash was checked
+        self.plain_first: int | None = None   # seq of the first unsigned record let in
+        self.first_where: tuple[str, int] | None = None
         self.last_good: int | None = None     # seq of the last trusted record
         self.first_seq: int | None = None     # seq of the first trusted record
         self.bad_run = 0                      # untrusted lines since then
@@ -117,6 +124,9 @@ class _ChainCheck:
         self.leading: list[tuple[int, int | None]] = []  # (problem index, seq hint)
 
     def feed(self, file: str, lineno: int, raw: bytes, complete: bool) -> None:
+        if self.first_where is None:
+            self.first_where = (file, lineno)
+        problems, signed = len(self.problems), self.signed
         rec, why = self._content(raw, complete)
         if rec is not None:
             self.records += 1
@@ -126,9 +136,21 @@ class _ChainCheck:
             self._bad(file, lineno, raw, why or "")
         self.prev_digest = line_digest(raw)
         self.prev_where = (file, lineno)
+        if signed == 0 and self.signed and self.plain_first is not None and \
+                len(self.problems) > problems:
+            # The unsigned run let in before the first signed record does not lead to it:
+            # nothing vouches for any of it (forged at the head, or edited).
+            self.problems.append(Problem(file, lineno, self.plain_first, "the unsigned "
+                                         "records before the first signed one do not lead "
+                                         "to it (forged or edited)"))
 
     def result(self, files: list[str]) -> VerifyResult:
         self._place_unanchored()
+        if self.key is not None and self.records and self.signed == 0 and not self.problems:
+            file, line = self.first_where or ("-", 1)
+            self.problems.append(Problem(file, line, self.first_seq or 1, "no record is "
+                                         "signed with the key: the log was rewritten "
+                                         "without it, or this is the wrong key"))
         end = (self.last_good or 0) + self.bad_run   # positions the log's lines fill
         if self.last_seq is not None and end < self.last_seq:
             file, line = self.prev_where
@@ -172,10 +194,21 @@ class _ChainCheck:
             self.unchecked += 1
             return None
         if self.key is not None and alg != ALG_HMAC:
+            if self.signed == 0 and not self.problems:
+                # Perhaps written before signing was on: checked as a plain chain, and
+                # the first signed record must follow on from it.
+                want = chain_digest(chain["prev"], body, None)
+                if not hmac.compare_digest(want, chain["hash"]):
+                    return "hash does not match its content (edited)"
+                if self.plain_first is None:
+                    self.plain_first = chain["seq"]
+                return None
             return f"not signed with the key (guard.alg is {alg!r}; rewritten without it?)"
         want = chain_digest(chain["prev"], body, self.key)
         if not hmac.compare_digest(want, chain["hash"]):
             return "hash does not match its content (edited)"
+        if self.key is not None:
+            self.signed += 1
         return None
 
     # -- a line against the ones before it --

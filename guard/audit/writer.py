@@ -203,6 +203,77 @@ def utc_timestamp() -> str:
     return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# --- the key -------------------------------------------------------------------------
+
+KEY_BYTES = 32
+
+
+def load_key(path: Path, create: bool = False) -> bytes | None:
+    """The audit log's HMAC key, kept as hex in *path*; None when there is none (and not
+    *create*). Made with 32 random bytes on first use (*create*), mode 0600. Refused (an
+    AuditError naming the file) when it is a link, not a regular file, open to other
+    users, owned by someone else, or not a key: a key others can read or swap signs
+    nothing."""
+    import secrets
+    import stat as st_
+
+    path = Path(path)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        if not create:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except FileExistsError:
+            return load_key(path, create=False)       # another writer made it first
+        except OSError as e:
+            raise AuditError(f"cannot create the audit log key: {e.strerror or e}",
+                             path=str(path)) from e
+        try:
+            os.write(fd, (secrets.token_hex(KEY_BYTES) + "\n").encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return load_key(path, create=False)
+    except OSError as e:
+        raise AuditError(f"cannot read the audit log key: {e.strerror or e}",
+                         path=str(path)) from e
+    try:
+        st = os.fstat(fd)
+        if not st_.S_ISREG(st.st_mode):
+            raise AuditError("the audit log key is not a regular file", path=str(path))
+        if hasattr(os, "geteuid") and st.st_uid not in (os.geteuid(), 0):
+            raise AuditError(f"the audit log key is owned by uid {st.st_uid}",
+                             path=str(path))
+        if st.st_mode & 0o077:
+            raise AuditError(f"the audit log key is open to other users (mode "
+                             f"{st.st_mode & 0o777:04o}; want 0600)", path=str(path))
+        text = os.read(fd, 4096).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) < 16:
+        raise AuditError("the audit log key is not a key (want 64 hex digits)", path=str(path))
+    return key
+
+
+def open_for(config: Any) -> "AuditLog":
+    """The audit log as *config* (a guard Config) says: file, rotation and key. Every
+    writer (the agent, the quarantine and allowlist commands) opens it this way, so they
+    all sign with the same key."""
+    key_path = config.audit_key_path
+    key = load_key(key_path, create=True) if key_path is not None else None
+    return AuditLog(Path(config.log_file), max_bytes=int(config.log_max_mb * 1024 * 1024),
+                    keep=config.log_keep, key=key)
+
+
 # --- the writer ------------------------------------------------------------------------
 
 class AuditLog:

@@ -13,8 +13,13 @@
     across all files must run without gap or duplicate and hold every record a writer
     returned from ``write()``.
 
+    The agent signs its log by default (``log_signing``: an HMAC key in
+    state_dir/audit.key, used by every writer and by ``guard log verify``), so the keyed
+    log is the log as shipped; a re-chain of it from any record must be found at that
+    record. ``tests/test_audit.py`` checks the same on a real agent's log through the CLI.
+
     Limits, counted but not failures (see ``guard.audit.verify``): with a plain sha256
-    chain, a chain recomputed from some record to the end, or one record forged in place,
+    chain (``log_signing = false``), a chain recomputed from some record to the end, or one record forged in place,
     is consistent: only the key (or the SIEM's copy) tells; a cut at a record boundary
     at the end, or records deleted at the head of the oldest rotated file, leave a shorter
     log that is still valid: the tail is caught when ``last_seq`` (the newest seq the SIEM
