@@ -375,26 +375,11 @@ def _create_exclusive(path: Path, data: bytes, mode: int) -> None:
 def _write_replace(path: Path, data: bytes) -> None:
     """Write *data* beside *path* and rename it over (mode 0644): a web server serving
     *path* never sends half a bundle."""
-    import tempfile
-
-    folder = path.parent if str(path.parent) else Path(".")
+    from .fsutil import write_atomic
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        write_atomic(path, data, mode=0o644)
     except OSError as exc:
         raise AllowCommandError(f"cannot write: {exc.strerror or exc}", str(path)) from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if hasattr(os, "fchmod"):
-                os.fchmod(fh.fileno(), 0o644)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise AllowCommandError(f"cannot write: {exc.strerror or exc}", str(path)) from None
-
 
 # --- helpers ----------------------------------------------------------------------------
 

@@ -38,7 +38,6 @@ import hashlib
 import os
 import re
 import stat
-import tempfile
 import threading
 import time
 import tomllib
@@ -783,34 +782,18 @@ def _edit_lock(path: Path) -> Iterator[None]:
 
 
 def _replace(path: Path, data: bytes, st: os.stat_result | None) -> None:
-    """Write *data* to a temporary file beside *path*, fsync, and rename it over *path*,
-    keeping the original's mode and owner (0640 for a new file)."""
+    """Write *data* over *path* atomically (fsutil.write_atomic), keeping the original's
+    mode and owner (0640 for a new file), unless the file changed since *st* was taken."""
+    from ..fsutil import write_atomic
+
     src = str(path)
     if len(data) > MAX_BYTES:
         raise AllowlistEditError("the edited file would be larger than 4 MiB", src)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if hasattr(os, "fchmod"):
-                os.fchmod(fh.fileno(), stat.S_IMODE(st.st_mode) if st else NEW_FILE_MODE)
-            if st is not None and hasattr(os, "fchown"):
-                with contextlib.suppress(PermissionError):
-                    os.fchown(fh.fileno(), st.st_uid, st.st_gid)
-            os.fsync(fh.fileno())
-        now = _stat_key(path)
-        if now != (_key(st) if st is not None else None):
+
+    def unchanged() -> None:
+        if _stat_key(path) != (_key(st) if st is not None else None):
             raise AllowlistEditError("the file changed while it was being edited; nothing "
                                      "was written: run the command again", src)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dfd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    write_atomic(path, data, mode=stat.S_IMODE(st.st_mode) if st else NEW_FILE_MODE,
+                 uid=st.st_uid if st else None, gid=st.st_gid if st else None,
+                 check=unchanged)

@@ -62,7 +62,6 @@ import re
 import socket
 import ssl
 import stat
-import tempfile
 import threading
 import time
 import urllib.error
@@ -985,38 +984,12 @@ class AllowlistPuller:
 
 
 def _write_atomic(path: Path, data: bytes, mode: int, gid: int | None = None) -> None:
-    """Temporary file beside *path*, fsync, chmod *mode*, rename over *path* (a
-    symlink there is replaced, never followed), fsync the folder."""
+    """fsutil.write_atomic, its failure a DistributionError."""
+    from ..fsutil import write_atomic
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".pull", dir=path.parent)
+        write_atomic(path, data, mode=mode, gid=gid, suffix=".pull")
     except OSError as exc:
         raise DistributionError(f"cannot write: {exc.strerror or exc}", str(path)) from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if hasattr(os, "fchmod"):
-                os.fchmod(fh.fileno(), mode)
-            if gid is not None and hasattr(os, "fchown"):
-                with contextlib.suppress(PermissionError):
-                    os.fchown(fh.fileno(), -1, gid)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise DistributionError(f"cannot write: {exc.strerror or exc}", str(path)) from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dfd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
 
 def _now() -> str:
     return _iso(_dt.datetime.now(_dt.timezone.utc))
