@@ -247,6 +247,9 @@ class Daemon:
                                rule_errors=self.rule_errors or None))
         if self.forwarder is not None:
             self.forwarder.start()
+        prestart = getattr(self.scanner, "prestart", None)
+        if prestart is not None:
+            prestart()                    # the first file need not wait for a parser worker
         for _ in range(self.config.workers):
             t = threading.Thread(target=self._work, name="guard-worker", daemon=True)
             t.start()

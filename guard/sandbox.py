@@ -408,6 +408,25 @@ class IsolatedScanner(Scanner):
         else:
             s.malformed.append(f"{INTERNAL_ERROR}: {value}"[:300])
 
+    def prestart(self) -> None:
+        """Start one worker now (in the background), so that the first file after the
+        agent starts does not wait for it. It exits after idle_s like any other."""
+        def run() -> None:
+            try:
+                w = _Worker(self._setup)
+            except WorkerFailed as exc:
+                self.unavailable = str(exc)
+                return
+            with self._lock:
+                self.started += 1
+                self.worker_user = str(w.info.get("user", "?"))
+                keep = not self._closed
+                if keep:
+                    self._idle.append(w)
+            if not keep:
+                w.close()
+        threading.Thread(target=run, name="guard-parser-start", daemon=True).start()
+
     def reap_idle(self, now: float | None = None) -> int:
         """Stop workers idle for longer than the budget's idle_s; how many were stopped."""
         now = time.monotonic() if now is None else now

@@ -315,3 +315,15 @@ log_clean = true
                           >= 2, 30), agent.status()
     finally:
         agent.stop()
+
+
+def test_prestart_readies_a_worker_before_the_first_file(isolated, tmp_path):
+    from daemon_support import wait_until
+    iso = isolated()
+    iso.prestart()
+    assert wait_until(lambda: iso.worker_pids(), 60)
+    [pid] = iso.worker_pids()
+    f = tmp_path / "a.txt"
+    f.write_text("x")
+    iso.scan_file(f)
+    assert iso.worker_pids() == [pid] and iso.started == 1     # that worker took the file
