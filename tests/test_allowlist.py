@@ -506,7 +506,7 @@ def cli(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv("SUDO_USER", "alice")
     config = Config(allowlist=tmp_path / "etc" / "allowlist.toml",
-                    log_file=tmp_path / "log" / "audit.jsonl")
+                    log_file=tmp_path / "log" / "audit.jsonl", state_dir=tmp_path / "state")
     records: list[dict] = []
     p = parser()
 
@@ -587,7 +587,8 @@ def test_cli_writes_the_audit_log_by_default(tmp_path, monkeypatch, capsys):
     from guard import allow_cli
     from guard.audit import verify_log
 
-    config = Config(allowlist=tmp_path / "allowlist.toml", log_file=tmp_path / "audit.jsonl")
+    config = Config(allowlist=tmp_path / "allowlist.toml", log_file=tmp_path / "audit.jsonl",
+                    state_dir=tmp_path / "state")
     args = parser().parse_args(["allow", "add", "--signer", "ACME", "--reason", "r"])
     assert allow_cli.dispatch(args, config) == 0
     line = json.loads(config.log_file.read_text().splitlines()[-1])
