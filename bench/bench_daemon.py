@@ -56,6 +56,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent_proc import Agent, AgentFailed, quantile  # bench/, beside this script
+
 HERE = Path(__file__).resolve()
 DEFAULT_CORPUS = HERE.parents[2] / "shared" / "corpus"
 PE_REL = Path("executables") / "pe" / "pe32.exe"
@@ -64,17 +66,11 @@ SIZES = (("1 KB", KIB), ("1 MB", MIB), ("10 MB", 10 * MIB))
 LATENCY_P99_MS = 50.0
 IDLE_CPU_PCT = 0.1
 IDLE_RSS_MB = 60.0
-STARTUP_S = 60.0
-STOP_GRACE_S = 10.0
 DROP_TIMEOUT_S = 10.0
 POLL_S = 0.001
 VERDICT_ACTIONS = ("file-scanned", "quarantine", "would-quarantine")
 BURST_DISGUISED_EVERY = 20          # 1 in 20 = 5 %
 BURST_CHUNK = 250                   # files per folder; odd chunks go to a fresh nested folder
-
-
-class AgentFailed(RuntimeError):
-    pass
 
 
 # ---------------------------------------------------------------------------------------
@@ -274,79 +270,6 @@ source = "browser"
     return cfg, paths
 
 
-class Agent:
-    def __init__(self, base: Path, config: Path, state: Path):
-        self.base = base
-        self.config = config
-        self.status_path = state / "status.json"
-        self.proc: subprocess.Popen | None = None
-        self.stdout_path = base / "agent.stdout"
-        self.stderr_path = base / "agent.stderr"
-        self.stop_info: dict[str, Any] = {}
-
-    def start(self, timeout: float = STARTUP_S) -> float:
-        env = dict(os.environ, XDG_CACHE_HOME=str(self.base / "cache"))
-        env.pop("GUARD_CONFIG", None)
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "guard", "run", "--config", str(self.config)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env,
-                start_new_session=True)
-        started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.proc.poll() is not None:
-                raise AgentFailed(f"agent exited with status {self.proc.returncode} at "
-                                  f"start: {self.stderr_tail()}")
-            st = self.status()
-            if st and st.get("state") == "running" and st["counters"]["sweeps"] >= 1:
-                return time.monotonic() - started
-            time.sleep(0.05)
-        raise AgentFailed(f"agent not ready within {timeout:.0f} s: {self.stderr_tail()}")
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def check_alive(self) -> None:
-        if not self.alive():
-            code = self.proc.returncode if self.proc else None
-            raise AgentFailed(f"agent died (status {code}): {self.stderr_tail()}")
-
-    def status(self) -> dict | None:
-        try:
-            return json.loads(self.status_path.read_text())
-        except (OSError, ValueError):
-            return None
-
-    def stderr_tail(self, n: int = 2000) -> str:
-        try:
-            return self.stderr_path.read_text(errors="replace")[-n:].strip() or "(no stderr)"
-        except OSError:
-            return "(no stderr)"
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after STOP_GRACE_S; never raises."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is not None:
-            self.stop_info = {"already_exited": self.proc.returncode}
-            return
-        t0 = time.monotonic()
-        killed = False
-        try:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                killed = True
-                self.proc.kill()
-                self.proc.wait(10)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            self.stop_info = {"error": str(exc)}
-            return
-        self.stop_info = {"exit_s": round(time.monotonic() - t0, 3), "sigkill": killed,
-                          "returncode": self.proc.returncode}
-
-
 def agent_messages(agent: Agent, keep: int = 20) -> list[dict[str, Any]]:
     """The agent's stderr (warnings such as an inotify queue overflow), banner aside,
     grouped: lines that differ only in numbers count as one message."""
@@ -384,16 +307,6 @@ def wait_quiet(agent: Agent, timeout: float = 30.0) -> dict | None:
 # ---------------------------------------------------------------------------------------
 # The measurements
 # ---------------------------------------------------------------------------------------
-
-def quantile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return math.nan
-    s = sorted(values)
-    pos = (len(s) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
 
 def drop(path: Path, data: bytes) -> float:
     """Write *path* with a plain open/write/close; returns the monotonic start time."""
@@ -901,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
         res["machine"]["warm"] = warm_memory(args.warm_mb)
         res["machine"]["create_us"] = create_baseline(tmp / "unwatched")
         cfg, paths = write_config(tmp, args.settle_s, args.sweep_interval_s, tuple(args.set))
-        agent = Agent(tmp, cfg, paths["state"])
+        agent = Agent(tmp, cfg, paths["state"] / "status.json")
         print(f"starting the agent in {tmp}", file=sys.stderr)
         res["startup_s"] = agent.start()
         st = agent.status() or {}

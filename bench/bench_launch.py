@@ -62,14 +62,15 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from agent_proc import (STOP_GRACE_S, Agent, BenchError, quantile,  # bench/, beside this
+                        wait_until)                                # script
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]
 ADDED_MEDIAN_TARGET_MS = 0.05
 KILL_TARGET_MS = 150.0
-STARTUP_S = 60.0
-STOP_GRACE_S = 10.0
 KILL_TIMEOUT_S = 5.0          # a shell still alive after this counts as "not stopped"
 POLL_S = 0.1
 
@@ -86,10 +87,6 @@ FAN_ALLOW = 0x01
 AT_FDCWD = -100
 META = struct.Struct("=IBBHQii")
 RESPONSE = struct.Struct("=iI")
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 # ---------------------------------------------------------------------------------------
@@ -210,93 +207,6 @@ source = "browser"
     return cfg
 
 
-class Agent:
-    def __init__(self, base: Path, config: Path, tag: str):
-        self.base = base
-        self.config = config
-        self.status_path = base / "state" / "status.json"
-        self.stdout_path = base / f"agent-{tag}.stdout"
-        self.stderr_path = base / f"agent-{tag}.stderr"
-        self.proc: subprocess.Popen | None = None
-        self.stop_info: dict[str, Any] = {}
-
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ, XDG_CACHE_HOME=str(self.base / "cache"))
-        env.pop("GUARD_CONFIG", None)
-        return env
-
-    def start(self) -> float:
-        self.status_path.unlink(missing_ok=True)
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "guard", "run", "--config", str(self.config)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=self.env(),
-                start_new_session=True)
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < STARTUP_S:
-            if self.proc.poll() is not None:
-                raise BenchError(f"agent exited with status {self.proc.returncode} at start: "
-                                 f"{self.stderr_tail()}")
-            st = self.status()
-            if st and st.get("state") == "running" and st["counters"]["sweeps"] >= 1:
-                return time.monotonic() - t0
-            time.sleep(0.05)
-        raise BenchError(f"agent not ready within {STARTUP_S:.0f} s: {self.stderr_tail()}")
-
-    def status(self) -> dict | None:
-        try:
-            return json.loads(self.status_path.read_text())
-        except (OSError, ValueError):
-            return None
-
-    def check_alive(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            code = self.proc.returncode if self.proc else None
-            raise BenchError(f"agent died (status {code}): {self.stderr_tail()}")
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "guard", *args, "--config",
-                               str(self.config)], capture_output=True, text=True, timeout=60,
-                              env=self.env())
-
-    def stderr_tail(self, n: int = 2000) -> str:
-        try:
-            return self.stderr_path.read_text(errors="replace")[-n:].strip() or "(no stderr)"
-        except OSError:
-            return "(no stderr)"
-
-    def cpu_s(self) -> float:
-        try:
-            import psutil
-            t = psutil.Process(self.proc.pid).cpu_times()
-            return t.user + t.system
-        except Exception:
-            return math.nan
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after STOP_GRACE_S; never raises."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is not None:
-            self.stop_info = {"already_exited": self.proc.returncode}
-            return
-        t0 = time.monotonic()
-        killed = False
-        try:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                killed = True
-                self.proc.kill()
-                self.proc.wait(10)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            self.stop_info = {"error": str(exc)}
-            return
-        self.stop_info = {"exit_s": round(time.monotonic() - t0, 3), "sigkill": killed,
-                          "returncode": self.proc.returncode}
-
-
 def wait_quiet(agent: Agent, window_s: float = 0.5, max_cpu: float = 0.02,
                timeout: float = 15.0) -> float:
     """Wait until the agent uses under *max_cpu* of a core over *window_s* (its start-up
@@ -310,29 +220,9 @@ def wait_quiet(agent: Agent, window_s: float = 0.5, max_cpu: float = 0.02,
     return round(time.monotonic() - t0, 2)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
-
-
 # ---------------------------------------------------------------------------------------
 # Measurements
 # ---------------------------------------------------------------------------------------
-
-def quantile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return math.nan
-    s = sorted(values)
-    pos = (len(s) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
-
 
 def spawn_once(path: str, argv: list[str], env: dict[str, str]) -> tuple[int, int]:
     """(ns for posix_spawn + waitpid, exit code); a denied exec raises PermissionError."""
@@ -382,7 +272,7 @@ def launch_fields(st: dict | None) -> dict[str, Any]:
 def measure_guard_fanotify(base: Path, watch: Path, marked: Path, unmarked: Path,
                            n: int, warmup: int) -> dict[str, Any]:
     cfg = write_config(base, watch, "fanotify", POLL_S)
-    agent = Agent(base, cfg, "fanotify")
+    agent = Agent(base, cfg, base / "state" / "status.json", "fanotify")
     res: dict[str, Any] = {}
     try:
         print("guard (fanotify): starting the agent", file=sys.stderr)
@@ -434,7 +324,7 @@ def measure_guard_fanotify(base: Path, watch: Path, marked: Path, unmarked: Path
 def measure_monitor(base: Path, watch: Path, kills: int, poll_s: float,
                     seed: int) -> dict[str, Any]:
     cfg = write_config(base, watch, "monitor", poll_s)
-    agent = Agent(base, cfg, "monitor")
+    agent = Agent(base, cfg, base / "state" / "status.json", "monitor")
     script = watch / "loop.sh"
     rng = random.Random(seed)
     res: dict[str, Any] = {"n": kills, "poll_s": poll_s, "launches": []}

@@ -41,6 +41,7 @@ _STALL_S = 120.0           # queued files and none scanned this long: the pipeli
 _VERDICTS_MAX = 1024       # recent verdicts by file identity, for launch decisions
 _LAUNCH_SCAN_MAX = 64 * 1024 * 1024   # a launch of a larger unscanned file is not scanned
 _SEEN_MAX = 200_000        # identities remembered so an unchanged file is not rescanned
+_PARSER_START_S = 30.0     # start-up waits this long at most for the first parser worker
 _RESCANS_MAX = 3           # a file that keeps changing under us is given up after this
 
 
@@ -271,6 +272,9 @@ class Daemon:
                                              daemon=True)
         self._housekeeper.start()
         # the housekeeper's first pass is the start sweep: files that arrived while we were off
+        started = getattr(self.scanner, "wait_prestarted", None)
+        if started is not None:
+            started(_PARSER_START_S)      # "running" means files are scanned at full speed
         self.write_status("running")
         systemd.notify("READY=1", f"STATUS=watching {len(self.watcher.watching)} folders, "
                        f"launch control {self.launch.backend}")

@@ -352,6 +352,9 @@ class IsolatedScanner(Scanner):
         self._idle: list[_Worker] = []
         self._busy: set[_Worker] = set()
         self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)   # a worker went idle, or a start ended
+        self._starting = False           # a worker is being started in the background
+        self._start_failed = ""          # why the last start failed, for one waiting scan
         self._closed = False
         self.started = 0                 # workers started, for status and tests
         self.failures = 0                # scans a worker failed (crash, budget)
@@ -360,19 +363,32 @@ class IsolatedScanner(Scanner):
 
     @contextmanager
     def _worker(self) -> Iterator[_Worker]:
+        """An idle worker, else the first to become free: one that finishes its scan or
+        one started now in the background, whichever comes first (a start takes about
+        0.25 s, a scan a few ms). WorkerFailed when none can start."""
         w = None
+        deadline = time.monotonic() + _START_TIMEOUT_S
         with self._lock:
-            while self._idle and w is None:
-                w = self._idle.pop()
-                if not w.alive:           # ended while idle (killed from outside)
-                    w.kill()
-                    w = None
-        if w is None:
-            w = _Worker(self._setup)
-            with self._lock:
-                self.started += 1
-                self.worker_user = str(w.info.get("user", "?"))
-        with self._lock:
+            while w is None:
+                while self._idle and w is None:
+                    w = self._idle.pop()
+                    if not w.alive:       # ended while idle (killed from outside)
+                        w.kill()
+                        w = None
+                if w is not None:
+                    break
+                if self._closed:
+                    raise WorkerFailed("the parser process could not be started: the "
+                                       "scanner is closed")
+                if not self._starting:
+                    if self._start_failed:
+                        why, self._start_failed = self._start_failed, ""
+                        raise WorkerFailed(why)
+                    self._start_in_background()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WorkerFailed("the parser process did not start in time")
+                self._ready.wait(left)
             self._busy.add(w)
         try:
             yield w
@@ -382,8 +398,34 @@ class IsolatedScanner(Scanner):
                 keep = w.alive and not w.done and not self._closed
                 if keep:
                     self._idle.append(w)
+                    self._ready.notify()
             if not keep:
                 w.close()
+
+    def _start_in_background(self) -> None:
+        """With the lock held: start one worker on a thread; it joins the idle ones."""
+        self._starting = True
+
+        def run() -> None:
+            w, why = None, ""
+            try:
+                w = _Worker(self._setup)
+            except WorkerFailed as exc:
+                why = str(exc)
+            with self._lock:
+                self._starting = False
+                keep = w is not None and not self._closed
+                if w is not None:
+                    self.started += 1
+                    self.worker_user = str(w.info.get("user", "?"))
+                else:
+                    self.unavailable = self._start_failed = why
+                if keep:
+                    self._idle.append(w)
+                self._ready.notify_all()
+            if w is not None and not keep:
+                w.close()
+        threading.Thread(target=run, name="guard-parser-start", daemon=True).start()
 
     def _inspect(self, s: Sample, data: bytes, tail: bytes, st: os.stat_result) -> None:
         try:
@@ -411,21 +453,15 @@ class IsolatedScanner(Scanner):
     def prestart(self) -> None:
         """Start one worker now (in the background), so that the first file after the
         agent starts does not wait for it. It exits after idle_s like any other."""
-        def run() -> None:
-            try:
-                w = _Worker(self._setup)
-            except WorkerFailed as exc:
-                self.unavailable = str(exc)
-                return
-            with self._lock:
-                self.started += 1
-                self.worker_user = str(w.info.get("user", "?"))
-                keep = not self._closed
-                if keep:
-                    self._idle.append(w)
-            if not keep:
-                w.close()
-        threading.Thread(target=run, name="guard-parser-start", daemon=True).start()
+        with self._lock:
+            if not self._starting and not self._idle:
+                self._start_in_background()
+
+    def wait_prestarted(self, timeout_s: float) -> bool:
+        """Wait until no worker is starting (the one prestart() began is up, or failed);
+        False on timeout."""
+        with self._lock:
+            return self._ready.wait_for(lambda: not self._starting, timeout_s)
 
     def reap_idle(self, now: float | None = None) -> int:
         """Stop workers idle for longer than the budget's idle_s; how many were stopped."""

@@ -80,7 +80,9 @@ class Agent:
     def records(self) -> list[dict]:
         out = []
         for p in sorted((self.base / "log").glob("audit.jsonl*"), reverse=True):
-            out += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+            text = p.read_text()
+            complete = text[: text.rfind("\n") + 1]      # not a line still being written
+            out += [json.loads(line) for line in complete.splitlines() if line.strip()]
         return out
 
     def vault_items(self) -> list[dict]:
