@@ -268,13 +268,15 @@ class Daemon:
         self.meeting.start()
         if self.puller is not None:
             self.puller.start()
+        started = getattr(self.scanner, "wait_prestarted", None)
+        if started is not None:
+            # Before the housekeeper, whose status.json also says "running": running means
+            # files are scanned at full speed.
+            started(_PARSER_START_S)
         self._housekeeper = threading.Thread(target=self._housekeep, name="guard-sweep",
                                              daemon=True)
         self._housekeeper.start()
         # the housekeeper's first pass is the start sweep: files that arrived while we were off
-        started = getattr(self.scanner, "wait_prestarted", None)
-        if started is not None:
-            started(_PARSER_START_S)      # "running" means files are scanned at full speed
         self.write_status("running")
         systemd.notify("READY=1", f"STATUS=watching {len(self.watcher.watching)} folders, "
                        f"launch control {self.launch.backend}")

@@ -48,6 +48,7 @@ _PARALLEL_HASH_BYTES = 1 << 20   # from this size the hash runs beside the inspe
 LEASE_HELD, LEASE_WRITER, LEASE_UNAVAILABLE = "held", "writer", "unavailable"
 _LEASE_SIGNAL = getattr(signal, "SIGURG", 0)
 CHANGED_WHILE_SCANNED = "the file changed while it was being scanned"
+_CLOSING_WRITER_WAITS_S = (0.001, 0.002, 0.005, 0.01)   # a writer that has just closed
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,14 @@ class Scanner:
         try:
             # The lease first, then the stat: what is read is what the stat describes.
             lease = _take_read_lease(fd)
+            for wait_s in _CLOSING_WRITER_WAITS_S:
+                if lease != LEASE_WRITER:
+                    break
+                # The kernel sends IN_CLOSE_WRITE before it drops the closing writer's
+                # write access (__fput: fsnotify_close, then put_file_access): a scan woken
+                # by the close can find the file still open for writing for a moment.
+                time.sleep(wait_s)
+                lease = _take_read_lease(fd)
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):       # swapped between stat and open
                 s.skipped = _special_kind(st.st_mode)
