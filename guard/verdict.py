@@ -146,13 +146,9 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready. ``path`` is always valid Unicode; when the real name is not valid
         UTF-8, ``path_b64`` carries its exact bytes (base64) so nothing is lost."""
-        try:
-            self.path.encode("utf-8")
-            path, raw = self.path, None
-        except UnicodeEncodeError:
-            exact = self.path.encode("utf-8", "surrogateescape")
-            path = exact.decode("utf-8", "replace")
-            raw = base64.b64encode(exact).decode("ascii")
+        raw = path_b64(self.path)
+        path = self.path if raw is None else \
+            self.path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         out = {
             "path": path,
             "sha256": self.sha256,
@@ -169,6 +165,16 @@ class Verdict:
         if raw is not None:
             out["path_b64"] = raw
         return out
+
+
+def path_b64(path: str) -> str | None:
+    """The exact bytes of a name that is not valid UTF-8 (read with surrogateescape, as
+    os does), base64; None for a valid one. Records keep it beside the readable path."""
+    try:
+        path.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return base64.b64encode(path.encode("utf-8", "surrogateescape")).decode("ascii")
 
 
 class Action(enum.Enum):

@@ -7,7 +7,6 @@ fields live under ``guard.*``. The writer adds ``@timestamp``, host, and the has
 
 from __future__ import annotations
 
-import base64
 import getpass
 import os
 import pwd
@@ -15,7 +14,7 @@ from pathlib import PurePath
 from typing import Any
 
 from ..identify.names import valid_text
-from ..verdict import Action, Decision, Verdict
+from ..verdict import Action, Decision, Verdict, path_b64
 
 from .writer import SCHEMA_VERSION  # one definition, in the writer
 
@@ -49,10 +48,9 @@ def file_fields(path: str, size: int | None = None, sha256: str = "",
     if uid is not None:
         out["owner"] = _user_of(uid)
         out["uid"] = str(uid)
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        out["path_b64"] = base64.b64encode(path.encode("utf-8", "surrogateescape")).decode()
+    raw = path_b64(path)
+    if raw is not None:
+        out["path_b64"] = raw
     return out
 
 
