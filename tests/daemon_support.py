@@ -78,8 +78,12 @@ class Agent:
         return r
 
     def records(self) -> list[dict]:
+        """The audit records written so far, oldest first: complete lines only (the agent
+        may be mid-write)."""
         out = []
         for p in sorted((self.base / "log").glob("audit.jsonl*"), reverse=True):
+            if p.name.endswith(".lock"):
+                continue
             text = p.read_text()
             complete = text[: text.rfind("\n") + 1]      # not a line still being written
             out += [json.loads(line) for line in complete.splitlines() if line.strip()]

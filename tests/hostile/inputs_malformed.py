@@ -330,26 +330,33 @@ def _ole_cases() -> Iterator[tuple[str, bytes]]:
     yield "ole-minifat-claims-1GB-in-a-loop", _ole_minifat_loop(vba)
 
 
+def _ole_chain(ole, start: int, limit: int = 100_000) -> list[int]:
+    """The FAT sector chain from *start*, up to its end or the first sector seen twice."""
+    chain, sect = [], start
+    while sect < len(ole.fat) and sect not in chain and len(chain) < limit:
+        chain.append(sect)
+        sect = ole.fat[sect]
+    return chain
+
+
+def _close_loop(out: bytearray, data: bytes, sector: int, chain: list[int]) -> None:
+    """Point the FAT entry of *chain*'s last sector back at its first: a loop."""
+    fat_sectors = struct.unpack_from("<109I", data, 0x4C)
+    last, per_fat = chain[-1], sector // 4
+    struct.pack_into("<I", out, (fat_sectors[last // per_fat] + 1) * sector + (last % per_fat) * 4,
+                     chain[0])
+
+
 def _ole_minifat_loop(data: bytes, sectors: int = 0x200000) -> bytes:
     """The header claims *sectors* MiniFAT sectors and the MiniFAT's chain loops: olefile
     reads the MiniFAT round the loop (1 GB for 0x200000) when a small stream is opened."""
     import olefile
 
-    ole = olefile.OleFileIO(io.BytesIO(data))
-    sector = ole.sector_size
-    start, = struct.unpack_from("<I", data, 0x3C)
-    chain, sect = [], start
-    while sect < len(ole.fat) and sect not in chain:
-        chain.append(sect)
-        sect = ole.fat[sect]
-    out = bytearray(data)
-    struct.pack_into("<I", out, 0x40, sectors)
-    fat_sectors = struct.unpack_from("<109I", data, 0x4C)
-    per_fat = sector // 4
-    last = chain[-1]
-    struct.pack_into("<I", out, (fat_sectors[last // per_fat] + 1) * sector + (last % per_fat) * 4,
-                     chain[0])
-    ole.close()
+    with olefile.OleFileIO(io.BytesIO(data)) as ole:
+        start, = struct.unpack_from("<I", data, 0x3C)
+        out = bytearray(data)
+        struct.pack_into("<I", out, 0x40, sectors)
+        _close_loop(out, data, ole.sector_size, _ole_chain(ole, start))
     return bytes(out)
 
 
@@ -358,23 +365,13 @@ def _ole_root_loop(data: bytes) -> bytes:
     claims 0x10000 sectors. olevba, opening the mini stream, reads GBs round the loop."""
     import olefile
 
-    ole = olefile.OleFileIO(io.BytesIO(data))
-    sector = ole.sector_size
-    root_at = (ole.first_dir_sector + 1) * sector
-    start, = struct.unpack_from("<I", data, root_at + 0x74)
-    chain, sect = [], start
-    while sect < len(ole.fat) and sect not in chain:
-        chain.append(sect)
-        sect = ole.fat[sect]
-    out = bytearray(data)
-    struct.pack_into("<I", out, root_at + 0x78, 0x7FFFFFF0)
-    struct.pack_into("<I", out, 0x40, 0x10000)
-    fat_sectors = struct.unpack_from("<109I", data, 0x4C)
-    per_fat = sector // 4
-    last = chain[-1]
-    struct.pack_into("<I", out, (fat_sectors[last // per_fat] + 1) * sector + (last % per_fat) * 4,
-                     chain[0])
-    ole.close()
+    with olefile.OleFileIO(io.BytesIO(data)) as ole:
+        root_at = (ole.first_dir_sector + 1) * ole.sector_size
+        start, = struct.unpack_from("<I", data, root_at + 0x74)
+        out = bytearray(data)
+        struct.pack_into("<I", out, root_at + 0x78, 0x7FFFFFF0)
+        struct.pack_into("<I", out, 0x40, 0x10000)
+        _close_loop(out, data, ole.sector_size, _ole_chain(ole, start))
     return bytes(out)
 
 
@@ -383,27 +380,15 @@ def _ole_stream_loop(data: bytes, stream: str) -> bytes:
     follows the loop for as long as the size asks (0.47 reads it all into memory)."""
     import olefile
 
-    ole = olefile.OleFileIO(io.BytesIO(data))
-    entry = next(e for e in ole.direntries if e is not None and e.name == stream)
-    sector = ole.sector_size
-    chain, sect = [], entry.isectStart
-    while sect < len(ole.fat) and sect not in chain and len(chain) < 100_000:
-        chain.append(sect)
-        sect = ole.fat[sect]
-    dir_chain, sect = [], ole.first_dir_sector
-    while sect < len(ole.fat) and sect not in dir_chain:
-        dir_chain.append(sect)
-        sect = ole.fat[sect]
-    per = sector // 128
-    at = (dir_chain[entry.sid // per] + 1) * sector + (entry.sid % per) * 128
-    out = bytearray(data)
-    struct.pack_into("<I", out, at + 0x78, 0x7FFFFFFF)             # size: 2 GB
-    fat_sectors = struct.unpack_from("<109I", data, 0x4C)
-    last = chain[-1]
-    per_fat = sector // 4
-    fat_at = (fat_sectors[last // per_fat] + 1) * sector + (last % per_fat) * 4
-    struct.pack_into("<I", out, fat_at, chain[0])                   # last -> first: a loop
-    ole.close()
+    with olefile.OleFileIO(io.BytesIO(data)) as ole:
+        entry = next(e for e in ole.direntries if e is not None and e.name == stream)
+        sector = ole.sector_size
+        dir_chain = _ole_chain(ole, ole.first_dir_sector)
+        per = sector // 128
+        at = (dir_chain[entry.sid // per] + 1) * sector + (entry.sid % per) * 128
+        out = bytearray(data)
+        struct.pack_into("<I", out, at + 0x78, 0x7FFFFFFF)             # size: 2 GB
+        _close_loop(out, data, sector, _ole_chain(ole, entry.isectStart))
     return bytes(out)
 
 

@@ -166,21 +166,8 @@ def _left_running(folder: Path) -> list[int]:
     return out
 
 
-def _records(a: Agent) -> list[dict]:
-    """The audit records written so far: complete lines only (the agent may be mid-write)."""
-    out = []
-    for p in sorted((a.base / "log").glob("audit.jsonl*"), reverse=True):
-        if p.name.endswith(".lock"):
-            continue
-        data = p.read_bytes()
-        for line in data[:data.rfind(b"\n") + 1].splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-    return out
-
-
 def _exec_records(a: Agent) -> list[dict]:
-    return [r for r in _records(a) if r.get("event", {}).get("action", "").startswith("exec-")]
+    return [r for r in a.records() if r.get("event", {}).get("action", "").startswith("exec-")]
 
 
 def _check_records(records: list[dict], execs: list[list], programs: list[dict],
@@ -266,7 +253,7 @@ def _storm_phase(base: Path, n: int, *, delay_s: float, deadline_s: float,
                                     for r in _exec_records(a)}, 30, 0.2)
         scanned = wait_until(lambda: any(
             r.get("file", {}).get("path") == str(arrival)
-            and not r["event"]["action"].startswith("exec-") for r in _records(a)), 30, 0.2)
+            and not r["event"]["action"].startswith("exec-") for r in a.records()), 30, 0.2)
         figures = _latency(execs, (deadline_s + LATENCY_MARGIN_S) * 1000)
         figures["arrival_scanned"] = int(bool(scanned))
         figures["self_waits"] = sum(1 for r in _exec_records(a)
