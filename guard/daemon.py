@@ -28,6 +28,7 @@ from .config import Config, WatchFolder, load_config
 from .errors import ConfigError, FileChanged, GuardError, LockedError, QuarantineError
 from .identify.containers import Limits
 from .platform import systemd
+from .fsutil import file_identity
 from .policy.engine import decide
 from .sandbox import Budget, IsolatedScanner
 from .scanner import ScanOptions, Scanner, load_rules
@@ -89,7 +90,7 @@ class Daemon:
         self._queue: queue.Queue[_Job | None] = queue.Queue(config.queue_size)
         self._pending: set[str] = set()
         self._pending_lock = threading.Lock()
-        # hash(path) -> hash(_identity) of its last scan, oldest first: two
+        # hash(path) -> hash(file_identity) of its last scan, oldest first: two
         # machine words a file instead of a path and a tuple (RSS after a big burst)
         self._seen: dict[int, int] = {}
         # (dev, ino, sha256) -> flagged verdict summary, oldest first
@@ -417,7 +418,7 @@ class Daemon:
             except OSError:
                 return
             with self._pending_lock:
-                unchanged = self._seen.get(hash(key)) == hash(_identity(st))
+                unchanged = self._seen.get(hash(key)) == hash(file_identity(st))
             if unchanged:
                 self.counters.bump("skipped_unchanged")
                 return
@@ -641,7 +642,7 @@ class Daemon:
             return                                   # gone before we got to it
         if not (st.st_mode & 0o170000 == 0o100000):
             return                                   # links, fifos, folders: not ours
-        ident = _identity(st)
+        ident = file_identity(st)
         with self._pending_lock:
             unchanged = self._seen.get(hash(key)) == hash(ident)
         if unchanged:
@@ -865,13 +866,6 @@ def _forwarding(config: Config) -> tuple:
 def _launch_summary(verdict) -> dict[str, Any]:
     return {"level": verdict.level.value, "codes": list(verdict.codes),
             "rules": list(verdict.rules), "summary": verdict.summary}
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    """What makes a file "the same file, unchanged": device, inode, size, mtime and ctime.
-    ctime because utime puts an mtime back (a rewrite of the same size would pass) and
-    nothing but the kernel sets ctime; it also tells a new file on a reused inode number."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 _M_MMAP_THRESHOLD = -3      # glibc mallopt() parameters

@@ -12,12 +12,9 @@ read at all) raises a GuardError.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import os
 import pwd
-import signal
 import stat
 import time
 from dataclasses import dataclass, field
@@ -27,6 +24,8 @@ from typing import Callable, Iterable, Iterator
 import pefile
 
 from .analyze.yara_scan import BUNDLED_RULES, RuleSet, compile_rules, default_cache_dir
+from .fsutil import (LEASE_HELD, LEASE_UNAVAILABLE, LEASE_WRITER, lease_broken,
+                     release_lease, take_read_lease)
 from .hashing import BackgroundSha256
 from .identify.containers import READERS, UNINSPECTED, Limits, walk_container
 from .identify.filetype import identify, yara_filetype
@@ -43,10 +42,6 @@ HEAD_BYTES = 1 << 20       # what a too-large file is identified from
 INTERNAL_ERROR = "internal error in the scan"   # starts a malformed reason's detail
 _READ_CHUNK = 1 << 20
 _PARALLEL_HASH_BYTES = 1 << 20   # from this size the hash runs beside the inspection
-# Read leases (Linux): a writer that opens the file while it is read breaks the lease. Its
-# break is signalled with SIGURG, whose default action is to ignore it (SIGIO would kill).
-LEASE_HELD, LEASE_WRITER, LEASE_UNAVAILABLE = "held", "writer", "unavailable"
-_LEASE_SIGNAL = getattr(signal, "SIGURG", 0)
 CHANGED_WHILE_SCANNED = "the file changed while it was being scanned"
 _CLOSING_WRITER_WAITS_S = (0.001, 0.002, 0.005, 0.01)   # a writer that has just closed
 
@@ -122,7 +117,7 @@ class Scanner:
         lease = LEASE_UNAVAILABLE
         try:
             # The lease first, then the stat: what is read is what the stat describes.
-            lease = _take_read_lease(fd)
+            lease = take_read_lease(fd)
             for wait_s in _CLOSING_WRITER_WAITS_S:
                 if lease != LEASE_WRITER:
                     break
@@ -130,7 +125,7 @@ class Scanner:
                 # write access (__fput: fsnotify_close, then put_file_access): a scan woken
                 # by the close can find the file still open for writing for a moment.
                 time.sleep(wait_s)
-                lease = _take_read_lease(fd)
+                lease = take_read_lease(fd)
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):       # swapped between stat and open
                 s.skipped = _special_kind(st.st_mode)
@@ -150,15 +145,15 @@ class Scanner:
                     f"limit for fingerprinting; not hashed, only its first and last bytes read")
             elif s.too_large:
                 data, tail, digest, nread = self._read_streaming(
-                    fd, (lambda: _lease_broken(fd)) if lease == LEASE_HELD else None)
+                    fd, (lambda: lease_broken(fd)) if lease == LEASE_HELD else None)
             else:
                 data = _read_whole(fd, st.st_size)
                 tail, digest, nread = data[-512:], None, len(data)
             after = os.fstat(fd)
-            disturbed = lease == LEASE_HELD and _lease_broken(fd)
+            disturbed = lease == LEASE_HELD and lease_broken(fd)
         finally:
             if lease == LEASE_HELD:
-                _release_lease(fd)             # a writer waiting on the break goes on now
+                release_lease(fd)             # a writer waiting on the break goes on now
             os.close(fd)
         if disturbed or nread != st.st_size or _stamp(after) != _stamp(st):
             # No verdict for content that changed under the read: it may not be what runs.
@@ -347,39 +342,6 @@ class Scanner:
         s = Sample(path=path, name=analyze_name(os.path.basename(path)))
         s.skipped = why
         return self._verdict(s, 0.0)
-
-
-def _take_read_lease(fd: int) -> str:
-    """Take a read lease on *fd* (a file opened for reading): LEASE_HELD; LEASE_WRITER
-    when the file is open for writing (or mapped writable) somewhere, so that its content
-    may be half rewritten; LEASE_UNAVAILABLE where leases cannot be had (not the owner
-    and no CAP_LEASE, a file system without them, not Linux): the stat comparison alone
-    decides then. While it is held, a writer's open waits until it is released."""
-    setlease = getattr(fcntl, "F_SETLEASE", None)
-    setsig = getattr(fcntl, "F_SETSIG", None)
-    if setlease is None or setsig is None or not _LEASE_SIGNAL:
-        return LEASE_UNAVAILABLE
-    try:
-        fcntl.fcntl(fd, setsig, _LEASE_SIGNAL)
-        fcntl.fcntl(fd, setlease, fcntl.F_RDLCK)
-    except OSError as exc:
-        return LEASE_WRITER if exc.errno == errno.EAGAIN else LEASE_UNAVAILABLE
-    return LEASE_HELD
-
-
-def _lease_broken(fd: int) -> bool:
-    """A writer asked to open the file since the lease was taken (or it is gone)."""
-    try:
-        return fcntl.fcntl(fd, fcntl.F_GETLEASE) != fcntl.F_RDLCK
-    except OSError:
-        return True
-
-
-def _release_lease(fd: int) -> None:
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-    except OSError:
-        pass                                    # closing the descriptor releases it too
 
 
 def _stamp(st: os.stat_result) -> tuple[int, int, int]:

@@ -14,10 +14,8 @@ notification follow on a separate thread, so none of them can delay a launch.
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import hashlib
 import os
-import signal
 import sys
 import threading
 import time
@@ -26,11 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-try:
-    import fcntl
-except ImportError:                  # Windows: no leases, the portable monitor alone
-    fcntl = None  # type: ignore[assignment]
-
+from ..fsutil import file_identity, open_for_writing
 from ..sources.procpoll import (Launch, ProcessMonitor, interpreter_name, launch_target,
                                 stop_process, under)
 
@@ -217,10 +211,6 @@ class LaunchControl:
             return LaunchDecision(False, "decided", f"{why}, enforce mode", info=info)
         return LaunchDecision(True, "decided", f"{why}, monitor mode (would deny)", info=info)
 
-    def _cache_key(self, st: os.stat_result) -> tuple[int, ...]:
-        # ctime cannot be set by users: a rewrite in place with the old mtime still misses
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
     # --- fanotify --------------------------------------------------------------------------
     def _quick(self, ev):
         """On the reader thread: answer what needs no file read. Cheapest checks first,
@@ -232,7 +222,7 @@ class LaunchControl:
             st = os.fstat(ev.fd)
         except OSError:
             return None
-        key = self._cache_key(st)
+        key = file_identity(st)
         if not ev.is_exec and self._recent_exec.get(ev.pid) == key:
             # the open the kernel makes for the exec it just asked us about
             return Answer(True, "exempt", "same exec")
@@ -286,16 +276,16 @@ class LaunchControl:
         # A file open for writing (or mapped writable) somewhere may change after the
         # read without its timestamps changing: decided for this launch only. Asked
         # before the read: a writer who comes after it changes the timestamps.
-        writable = _open_for_writing(ev.fd)
+        writable = open_for_writing(ev.fd)
         d = self._policy(path, ev.fd, st)
         self.stats["decisions"] += 1
         lasting = d.how == "decided" and not writable
         if lasting:
             with self._cache_lock:
-                self._cache[self._cache_key(st)] = d
+                self._cache[file_identity(st)] = d
         proc = _process_fields(ev.pid)
         if d.allow and ev.is_exec and lasting:
-            self._remember_exec(ev.pid, self._cache_key(st))
+            self._remember_exec(ev.pid, file_identity(st))
         return Answer(d.allow, d.how, d.because, (d, proc, path))
 
     def _report(self, ev, ans, latency_s: float) -> None:
@@ -329,14 +319,14 @@ class LaunchControl:
         try:
             st = os.fstat(fd)
             with self._cache_lock:
-                d = self._cache.get(self._cache_key(st))
+                d = self._cache.get(file_identity(st))
             how_cached = d is not None
             if d is None:
-                writable = _open_for_writing(fd)
+                writable = open_for_writing(fd)
                 d = self._policy(launch.target, fd, st)
                 if d.how == "decided" and not writable:
                     with self._cache_lock:
-                        self._cache[self._cache_key(st)] = d
+                        self._cache[file_identity(st)] = d
         finally:
             os.close(fd)
         outcome = ""
@@ -388,28 +378,6 @@ def _hash(fd: int | None, path: str) -> str:
         if own:
             os.close(fd)
     return h.hexdigest()
-
-
-def _open_for_writing(fd: int) -> bool:
-    """Whether the file behind *fd* (open for reading) is open for writing or mapped
-    writable by anyone: a read lease cannot be had then (Linux; root has CAP_LEASE).
-    Taken and given back at once; its break signal is SIGURG (ignored by default, where
-    SIGIO would end the agent). False where leases are not available: the timestamps in
-    the cache key are all there is then."""
-    setlease = getattr(fcntl, "F_SETLEASE", None)
-    setsig = getattr(fcntl, "F_SETSIG", None)
-    if setlease is None or setsig is None or not hasattr(signal, "SIGURG"):
-        return False
-    try:
-        fcntl.fcntl(fd, setsig, signal.SIGURG)
-        fcntl.fcntl(fd, setlease, fcntl.F_RDLCK)
-    except OSError as exc:
-        return exc.errno == errno.EAGAIN
-    try:
-        fcntl.fcntl(fd, setlease, fcntl.F_UNLCK)
-    except OSError:
-        pass
-    return False
 
 
 def _signers(fd: int | None, path: str) -> tuple[str, ...]:

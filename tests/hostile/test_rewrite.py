@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import mmap
 import os
 import subprocess
@@ -112,19 +111,6 @@ def _agent(base: Path, allow: list[str], globs: list[str]) -> Iterator[Agent]:
                 a.stop(timeout=20)
             except subprocess.TimeoutExpired:
                 pass                       # stop() killed it
-
-
-def _records(a: Agent) -> list[dict]:
-    """The audit records written so far: complete lines only (the agent may be mid-write)."""
-    out = []
-    for p in sorted((a.base / "log").glob("audit.jsonl*"), reverse=True):
-        if p.name.endswith(".lock"):
-            continue
-        data = p.read_bytes()
-        for line in data[:data.rfind(b"\n") + 1].splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-    return out
 
 
 def _scanned(records: list[dict]) -> set[tuple[str, str]]:
@@ -234,7 +220,7 @@ def run_rewritten(n: int, workdir: Path) -> dict:
             files.append(p)
         kinds = {"letter": "pdf_a", "script": "sh_a", "disguise": "elf_b"}
         first = {(str(p[k]), sha[kinds.get(k, "elf_a")]) for p in files for k in p}
-        if not wait_until(lambda: first <= _scanned(_records(a)), SCAN_WAIT_S, 0.2):
+        if not wait_until(lambda: first <= _scanned(a.records()), SCAN_WAIT_S, 0.2):
             return {**f, "failures": 1, "error": "the agent did not scan the new files"}
         for i, p in enumerate(files):
             # in place, same size, mtime put back: only the ctime tells
@@ -286,8 +272,8 @@ def run_rewritten(n: int, workdir: Path) -> dict:
             os.rename(p["disguise"], renamed)
             then_refused("renamed_malicious_ran", [str(renamed)])
         wanted = set(want)
-        wait_until(lambda: wanted <= _scanned(_records(a)), SCAN_WAIT_S, 0.2)
-        records = _records(a)
+        wait_until(lambda: wanted <= _scanned(a.records()), SCAN_WAIT_S, 0.2)
+        records = a.records()
         f["not_rescanned"] = len(wanted - _scanned(records))
         f["letters_quarantined"] = sum(
             1 for r in records if r.get("event", {}).get("action") == "quarantine"
@@ -417,14 +403,12 @@ def run_changing(n: int, workdir: Path) -> dict:
     # Where no lease can be taken (not the owner and no CAP_LEASE, a file system without
     # leases) only the stat comparison is left: measured, not counted, since it cannot
     # see a read that fell between two of a writer's chunks.
-    take = getattr(scanner_module, "_take_read_lease", None)
-    if take is not None:
-        scanner_module._take_read_lease = lambda fd: scanner_module.LEASE_UNAVAILABLE
+    take = scanner_module.take_read_lease
+    scanner_module.take_read_lease = lambda fd: scanner_module.LEASE_UNAVAILABLE
     try:
         r = _race(scanner, workdir / "no-lease", "in-place", max(1, n // 6), levels)
     finally:
-        if take is not None:
-            scanner_module._take_read_lease = take
+        scanner_module.take_read_lease = take
     f["no_lease_verdicts"] = r["verdicts"]
     f["no_lease_wrong"] = r["wrong"]
     f["failures"] = totals["wrong"] + totals["quiet_refused"] + totals["other_errors"]
