@@ -77,7 +77,13 @@ class Budget:
 
 
 class WorkerFailed(Exception):
-    """The worker could not be started or stopped answering; ``why`` is for the record."""
+    """The worker could not be started (START), went over the CPU or wall-time budget
+    (BUDGET), or died or broke (DIED); the message is for the record."""
+    START, BUDGET, DIED = "start", "budget", "died"
+
+    def __init__(self, why: str, kind: str = DIED):
+        super().__init__(why)
+        self.kind = kind
 
 
 # --- framing: a length, a pickle, and file descriptors on the first byte ------------------
@@ -205,7 +211,8 @@ class _Worker:
                 stdout=subprocess.DEVNULL, cwd="/")
         except OSError as exc:
             ours.close()
-            raise WorkerFailed(f"the parser process could not be started: {exc}") from exc
+            raise WorkerFailed(f"the parser process could not be started: {exc}",
+                               WorkerFailed.START) from exc
         finally:
             theirs.close()
         try:
@@ -213,11 +220,12 @@ class _Worker:
             answer = _recv(ours, 1 << 16, time.monotonic() + _START_TIMEOUT_S)
             if answer is None:
                 raise WorkerFailed(f"the parser process ended while starting "
-                                   f"({self._ended()})")
+                                   f"({self._ended()[0]})")
             self.info = pickle.loads(answer[0])       # noqa: S301 - before it took input
         except (OSError, ValueError, pickle.UnpicklingError) as exc:
             self.kill()
-            raise WorkerFailed(f"the parser process did not start: {exc}") from exc
+            raise WorkerFailed(f"the parser process did not start: {exc}",
+                               WorkerFailed.START) from exc
         except WorkerFailed:
             self.kill()
             raise
@@ -241,7 +249,7 @@ class _Worker:
         except OSError as exc:
             self.kill()
             raise WorkerFailed(f"the parser process could not be reached "
-                               f"({self._ended() or exc})") from exc
+                               f"({self._ended()[0]})") from exc
         finally:
             if fd is not None:
                 os.close(fd)
@@ -250,12 +258,12 @@ class _Worker:
         except socket.timeout:
             self.kill()
             raise WorkerFailed(f"wall time: no answer within {budget.wall_s:g} s; the parser "
-                               f"process was stopped") from None
+                               f"process was stopped", WorkerFailed.BUDGET) from None
         except (OSError, ValueError) as exc:
             self.kill()
             raise WorkerFailed(f"the parser process failed: {exc}") from exc
         if answer is None:
-            raise WorkerFailed(self._ended())
+            raise WorkerFailed(*self._ended())
         for extra in answer[1]:
             os.close(extra)
         try:
@@ -273,23 +281,25 @@ class _Worker:
         self.last_used = time.monotonic()
         return kind, value
 
-    def _ended(self) -> str:
-        """Why the worker ended, once it has (waits a moment for the exit status)."""
+    def _ended(self) -> tuple[str, str]:
+        """Why the worker ended, once it has (waits a moment for the exit status), and the
+        WorkerFailed kind that is."""
         try:
             rc = self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.kill()
-            return "the parser process stopped answering"
+            return "the parser process stopped answering", WorkerFailed.DIED
         if rc < 0:
             sig = -rc
             if sig == signal.SIGXCPU:
-                return "CPU time: over the budget; the parser process was stopped"
+                return ("CPU time: over the budget; the parser process was stopped",
+                        WorkerFailed.BUDGET)
             try:
                 name = signal.Signals(sig).name
             except ValueError:
                 name = f"signal {sig}"
-            return f"the parser process was ended by {name}"
-        return f"the parser process exited with status {rc}"
+            return f"the parser process was ended by {name}", WorkerFailed.DIED
+        return f"the parser process exited with status {rc}", WorkerFailed.DIED
 
     def kill(self) -> None:
         self.done = True
@@ -354,7 +364,7 @@ class IsolatedScanner(Scanner):
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)   # a worker went idle, or a start ended
         self._starting = False           # a worker is being started in the background
-        self._start_failed = ""          # why the last start failed, for one waiting scan
+        self._start_failed: WorkerFailed | None = None   # the last start's, for one scan
         self._closed = False
         self.started = 0                 # workers started, for status and tests
         self.failures = 0                # scans a worker failed (crash, budget)
@@ -379,15 +389,16 @@ class IsolatedScanner(Scanner):
                     break
                 if self._closed:
                     raise WorkerFailed("the parser process could not be started: the "
-                                       "scanner is closed")
+                                       "scanner is closed", WorkerFailed.START)
                 if not self._starting:
-                    if self._start_failed:
-                        why, self._start_failed = self._start_failed, ""
-                        raise WorkerFailed(why)
+                    if self._start_failed is not None:
+                        failed, self._start_failed = self._start_failed, None
+                        raise failed
                     self._start_in_background()
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise WorkerFailed("the parser process did not start in time")
+                    raise WorkerFailed("the parser process did not start in time",
+                                       WorkerFailed.START)
                 self._ready.wait(left)
             self._busy.add(w)
         try:
@@ -407,11 +418,11 @@ class IsolatedScanner(Scanner):
         self._starting = True
 
         def run() -> None:
-            w, why = None, ""
+            w, failed = None, None
             try:
                 w = _Worker(self._setup)
             except WorkerFailed as exc:
-                why = str(exc)
+                failed = exc
             with self._lock:
                 self._starting = False
                 keep = w is not None and not self._closed
@@ -419,7 +430,8 @@ class IsolatedScanner(Scanner):
                     self.started += 1
                     self.worker_user = str(w.info.get("user", "?"))
                 else:
-                    self.unavailable = self._start_failed = why
+                    self._start_failed = failed
+                    self.unavailable = str(failed)
                 if keep:
                     self._idle.append(w)
                 self._ready.notify_all()
@@ -435,9 +447,9 @@ class IsolatedScanner(Scanner):
             with self._lock:
                 self.failures += 1
             why = str(exc)
-            if why.startswith(("wall time", "CPU time")):
+            if exc.kind == WorkerFailed.BUDGET:
                 s.limits_exceeded.append(f"parser: {why}")
-            elif "could not be started" in why or "did not start" in why:
+            elif exc.kind == WorkerFailed.START:
                 self.unavailable = why
                 super()._inspect(s, data, tail, st)   # better an in-process scan than none
             else:
@@ -620,7 +632,7 @@ def _read_content(fd: int, size: int) -> bytes:
     return b"".join(parts) if len(parts) != 1 else parts[0]
 
 
-def _warm(scanner: Scanner) -> None:
+def _warm() -> None:
     """Import every parser and load libmagic before dropping privileges: afterwards the
     worker may not be able to read the agent's install."""
     import warnings
@@ -646,7 +658,7 @@ def worker_main(fd: int) -> int:
     scanner = Scanner(rules, options)
     budget_cpu_s, memory_bytes = 30.0, 1 << 30
     _keep_heap()
-    _warm(scanner)
+    _warm()
     user = _harden()
     _send(sock, pickle.dumps({"pid": os.getpid(), "user": user}))
     while True:
