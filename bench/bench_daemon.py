@@ -7,7 +7,7 @@ and measures, in this order:
 1. **Drop-to-verdict latency** for 1 KiB, 1 MiB and 10 MiB files. For each size, N drops
    (``--drops``, default 50; ``--quick`` 10), one at a time: the next file is written only
    once the agent has logged a verdict for the previous one. Even drops are benign random
-   text (``note-N.txt``), odd drops are ``pe32.exe`` from the shared corpus padded to the
+   text (``note-N.txt``), odd drops are ``pe32.exe`` from the test corpus (tests/corpus) padded to the
    size and named ``Invoice-N.pdf`` (the agent quarantines them). Each file is written
    with a plain open/write/close, so inotify reports close-after-write. The clock
    (``time.monotonic``, bench side) starts just before ``open()`` and stops when the
@@ -59,7 +59,7 @@ from typing import Any
 from agent_proc import Agent, AgentFailed, quantile  # bench/, beside this script
 
 HERE = Path(__file__).resolve()
-DEFAULT_CORPUS = HERE.parents[2] / "shared" / "corpus"
+DEFAULT_CORPUS = HERE.parent / "tests" / "corpus"
 PE_REL = Path("executables") / "pe" / "pe32.exe"
 KIB, MIB, MB = 1024, 1024 * 1024, 1_000_000
 SIZES = (("1 KB", KIB), ("1 MB", MIB), ("10 MB", 10 * MIB))
@@ -773,7 +773,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "'launch_control = \"off\"'; repeatable")
     p.add_argument("--skip", default="", help="comma list of phases to skip: latency,burst,idle")
     p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS,
-                   help="the shared corpus (pe32.exe comes from it)")
+                   help="the test corpus (pe32.exe comes from it)")
     p.add_argument("--tmpdir", type=Path, help="where to make the temporary folder")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     p.add_argument("--warm-mb", type=int, default=1024,

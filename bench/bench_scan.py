@@ -2,7 +2,7 @@
 """Throughput benchmark: ``guard scan`` against the yara CLI, ``file`` and ``sha256sum``.
 
 One run generates one or more corpora deterministically (seeded) from the real files in
-the shared test corpus (``shared/corpus/benign`` and ``shared/corpus/executables``, read
+the shared test corpus (``tests/corpus/benign`` and ``tests/corpus/executables``, read
 only), mixed with disguised executables (``pe32.exe`` copied as ``Invoice-00042.pdf``),
 random text files and random binary blobs from about 100 bytes to a few MB. It then times
 every tool as a subprocess over each corpus, wall clock, after one warm-up run that fills
@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve()
-DEFAULT_CORPUS = HERE.parents[2] / "shared" / "corpus"
+DEFAULT_CORPUS = HERE.parent / "tests" / "corpus"
 DEFAULT_RULES = HERE.parents[1] / "rules"
 RULE_SUFFIXES = (".yar", ".yara")
 YARA_EXTERNALS = ("filename", "filepath", "extension", "filetype", "md5", "owner")

@@ -1,4 +1,4 @@
-"""Build disguised samples in tests from the benign binaries in ../shared/corpus.
+"""Build disguised samples in tests from the benign binaries in tests/corpus (real files; origins and licences in tests/corpus/MANIFEST.tsv).
 
 Nothing here is malware: every program is one of the corpus's benign executables under
 another name or wrapped in a container; the shortcuts and scripts only name commands.
@@ -11,7 +11,7 @@ import struct
 import zipfile
 from pathlib import Path
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+CORPUS = Path(__file__).resolve().parent / "corpus"
 EXE = CORPUS / "executables"
 BENIGN = CORPUS / "benign"
 

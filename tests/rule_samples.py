@@ -1,7 +1,7 @@
 """Benign positive samples and near misses for the bundled YARA rules (tests/test_rules.py).
 
 Every sample is built here from plain text written for the test, or from the benign
-executables in the shared corpus (shared/corpus/executables) renamed to a lure name.
+executables in the shared corpus (tests/corpus/executables) renamed to a lure name.
 Nothing here is, or is derived from, real malware: hosts are example.invalid or the
 documentation range 192.0.2.0/24, and the "payloads" only print or echo harmless text.
 
@@ -23,8 +23,8 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 RULES_DIR = REPO / "rules"
-# The corpus sits next to the repository clone: <parent>/main and <parent>/shared/corpus.
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+# The real-file corpus lives in the repository: tests/corpus (origins and licences in its MANIFEST.tsv).
+CORPUS = Path(__file__).resolve().parent / "corpus"
 
 # Every content type the scanner may put in the `filetype` external (LOKI/THOR style).
 _FILETYPES = [

@@ -6,7 +6,7 @@
 * every rule has at least one benign positive sample in tests/rule_samples.py, and each
   sample makes that exact rule fire, with filetype empty and with a plausible filetype;
   a rule added later without a sample fails test_every_rule_has_a_positive_sample;
-* no rule fires on any file of shared/corpus/benign, whatever filetype is passed, nor on
+* no rule fires on any file of tests/corpus/benign, whatever filetype is passed, nor on
   the near misses, nor on the corpus executables under their honest names;
 * worst-case inputs scan quickly.
 """
@@ -36,7 +36,7 @@ RULE_DECL = re.compile(
     r"^[ \t]*(?P<mods>(?:(?:private|global)[ \t]+)*)rule[ \t]+(?P<name>[A-Za-z_][A-Za-z0-9_]*)",
     re.M)
 
-# A content sniffer's plausible answer for each folder of shared/corpus/benign; used when
+# A content sniffer's plausible answer for each folder of tests/corpus/benign; used when
 # the scanner's own identifier cannot be imported or fails.
 PLAUSIBLE_FILETYPE = {
     "pdf": "PDF", "docx": "OOXML", "xlsx": "OOXML", "pptx": "OOXML", "docm": "OOXML",
@@ -118,8 +118,7 @@ def hits_for(ruleset: RuleSet, data: bytes, name: str, filetype: str = "") -> di
 
 def _require_corpus() -> None:
     if not (CORPUS / "benign").is_dir():
-        pytest.fail(f"shared test corpus not found at {CORPUS} (expected ../shared/corpus "
-                    "next to the repository)")
+        pytest.fail(f"test corpus not found at {CORPUS} (tests/corpus in the repository)")
 
 
 # --------------------------------------------------------------------------- compilation

@@ -24,7 +24,7 @@ from guard.sandbox import Budget, IsolatedScanner, WorkerFailed, _FactsUnpickler
 from guard.scanner import ScanOptions, Scanner, load_rules
 from guard.verdict import Code, Level
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+CORPUS = Path(__file__).resolve().parent / "corpus"
 
 # Rules that take as long as they are allowed to: on a file of "B"s the inner loop runs
 # filesize times for every byte (about 10**10 steps for 100 KB).

@@ -215,7 +215,7 @@ def as_file(target: str, data: bytes) -> tuple[str, bytes]:
 
 def seed_files(target: str) -> list[tuple[str, bytes]]:
     """Starting inputs for *target*, from the corpus (with the kind byte in front)."""
-    corpus = REPO.parent / "shared" / "corpus"
+    corpus = REPO / "tests" / "corpus"
     files = sorted(p for p in corpus.rglob("*") if p.is_file() and p.suffix not in (".tsv", ".md"))
     by_ext: dict[str, list[Path]] = {}
     for p in files:
