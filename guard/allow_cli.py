@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import os
 import stat
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import GuardError
+from .hashing import sha256_fd
 from .policy.allowlist import (KINDS, Allowlist, AllowlistError, Entry, add_entry,
                                load_allowlist, remove_entries)
 
@@ -408,23 +408,21 @@ def _hash_file(path: str, keep: int) -> tuple[str, bytes]:
                      | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise AllowCommandError(f"cannot open: {exc.strerror or exc}", path) from None
-    h = hashlib.sha256()
     head = bytearray()
+
+    def keep_head(chunk: bytes) -> None:
+        if len(head) < keep:
+            head.extend(chunk[:keep - len(head)])
+
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise AllowCommandError("not a regular file", path)
-        while True:
-            chunk = os.read(fd, _BLOCK)
-            if not chunk:
-                break
-            h.update(chunk)
-            if len(head) < keep:
-                head += chunk[:keep - len(head)]
+        digest, _ = sha256_fd(fd, on_chunk=keep_head)
     except OSError as exc:
         raise AllowCommandError(f"cannot read: {exc.strerror or exc}", path) from None
     finally:
         os.close(fd)
-    return h.hexdigest(), bytes(head)
+    return digest, bytes(head)
 
 
 def _signature(data: bytes, config: Any):

@@ -13,14 +13,15 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from . import __version__
 from .errors import ConfigError, GuardError, LockedError
-from .identify.containers import Limits
 from .identify.names import printable
-from .scanner import ScanOptions, Scanner, load_rules
 from .verdict import Level, Verdict
+
+if TYPE_CHECKING:        # the scanner (YARA, libmagic, pefile) loads only for commands that scan
+    from .scanner import Scanner
 
 EXIT_CLEAN = 0
 EXIT_FLAGGED = 1
@@ -188,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_rules_check(args: argparse.Namespace) -> int:
+    from .scanner import load_rules
     ruleset = load_rules(args.dirs, bundled=not args.no_bundled_rules)
     for f in ruleset.files:
         print(f"ok      {f}")
@@ -223,6 +225,8 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     global _worker_scanner
+    from .identify.containers import Limits
+    from .scanner import ScanOptions, Scanner, load_rules
     started = time.monotonic()
     ruleset = load_rules(args.rules, bundled=not args.no_bundled_rules)
     for err in ruleset.errors:

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .errors import ConfigError
+from .verdict import FailMode, Mode
 
-MODES = ("monitor", "enforce")
+MODES = tuple(m.value for m in Mode)
 PARTIAL_SUFFIXES = (".crdownload", ".part", ".download", ".partial", ".tmp", ".opdownload",
                     ".!ut", ".filepart")
 DEFAULT_EXCLUDES = ("*/.git/*", "*/node_modules/*", "*/.cache/*", "*/__pycache__/*",
@@ -35,7 +36,7 @@ class WatchFolder:
 
 @dataclass(frozen=True)
 class Config:
-    mode: str = "enforce"
+    mode: Mode = Mode.ENFORCE
     quarantine_dir: Path = Path("/var/lib/guard/quarantine")
     log_file: Path = Path("/var/log/guard/audit.jsonl")
     allowlist: Path = Path("/etc/guard/allowlist.toml")
@@ -68,7 +69,7 @@ class Config:
     # launch control
     launch_control: str = "auto"    # auto | fanotify | monitor | off
     decision_timeout_s: float = 1.0
-    fail_mode: str = "open"         # open: allow when undecided in time; closed: deny
+    fail_mode: FailMode = FailMode.OPEN   # open: allow when undecided in time; closed: deny
     launch_extra_paths: tuple[Path, ...] = ()
     process_poll_s: float = 0.1
     break_glass_file: Path = Path("/var/lib/guard/break-glass")
@@ -305,7 +306,7 @@ def _build(raw: dict[str, Any], text: str, source: str) -> Config:
         raise fail("notify must be auto, none or file:PATH", "notify")
     if values.get("launch_control", "auto") not in ("auto", "fanotify", "monitor", "off"):
         raise fail("launch_control must be auto, fanotify, monitor or off", "launch_control")
-    if values.get("fail_mode", "open") not in ("open", "closed"):
+    if values.get("fail_mode", "open") not in tuple(f.value for f in FailMode):
         raise fail("fail_mode must be open or closed", "fail_mode")
     for key in ("decision_timeout_s", "process_poll_s", "allowlist_pull_s"):
         if key in values and values[key] <= 0:
@@ -326,6 +327,10 @@ def _build(raw: dict[str, Any], text: str, source: str) -> Config:
     if url and not values.get("allowlist_pubkeys"):
         raise fail("allowlist_url needs allowlist_pubkeys: the public keys whose "
                    "signatures are trusted", "allowlist_url")
+    if "mode" in values:
+        values["mode"] = Mode(values["mode"])
+    if "fail_mode" in values:
+        values["fail_mode"] = FailMode(values["fail_mode"])
     for key in _OPTIONAL_PATHS:
         if key in values:
             values[key] = _expand(values[key])

@@ -22,19 +22,18 @@ from typing import Any
 
 from . import __version__
 from .actions.notify import Notifier, quarantine_message
-from .actions.quarantine import Expected, Vault
+from .actions.quarantine import Vault
 from .audit.record import admin_record, scan_record
 from .config import Config, WatchFolder, load_config
 from .errors import ConfigError, FileChanged, GuardError, LockedError, QuarantineError
 from .identify.containers import Limits
 from .platform import systemd
-from .fsutil import file_identity
 from .policy.engine import decide
 from .sandbox import Budget, IsolatedScanner
 from .scanner import ScanOptions, Scanner, load_rules
 from .sources.meeting import MeetingMonitor
 from .sources.watch import FolderWatcher
-from .verdict import Action, Level
+from .verdict import Action, Failure, FailMode, FileIdentity, Level, Mode, Trigger
 
 DRAIN_S = 4.0              # SIGTERM: finish queued work for this long, then leave
 _HEARTBEAT_S = 10.0        # status.json is rewritten at least this often
@@ -199,7 +198,7 @@ class Daemon:
             roots=roots, allowlist=self.allowlist, mode=self.effective_mode,
             on_denied=self._launch_denied, on_event=self._launch_event,
             backend=config.launch_control, deadline_s=config.decision_timeout_s,
-            fail_closed=config.fail_mode == "closed", poll_s=config.process_poll_s,
+            fail_closed=config.fail_mode is FailMode.CLOSED, poll_s=config.process_poll_s,
             break_glass=self.break_glass_on, exclude=self.watcher.excluded,
             verdict_of=self._verdict_for_launch)
 
@@ -214,7 +213,7 @@ class Daemon:
 
     def effective_mode(self) -> str:
         """The configured mode, unless the break-glass file forces monitor mode."""
-        return "monitor" if self.break_glass_on() else self.config.mode
+        return Mode.MONITOR if self.break_glass_on() else self.config.mode
 
     def _new_folder(self, folder: str) -> None:
         self.launch.mark_folder(folder)
@@ -418,7 +417,7 @@ class Daemon:
             except OSError:
                 return
             with self._pending_lock:
-                unchanged = self._seen.get(hash(key)) == hash(file_identity(st))
+                unchanged = self._seen.get(hash(key)) == hash(FileIdentity.of(st))
             if unchanged:
                 self.counters.bump("skipped_unchanged")
                 return
@@ -593,10 +592,8 @@ class Daemon:
                      if _is_under(path, Path(w.path))), None)
         qid = ""
         if root is not None and info.get("sha256"):
-            expected = Expected(info["dev"], info["ino"], info["size"], info["mtime_ns"],
-                                info["sha256"])
             try:
-                item = self.vault.quarantine(root, path, expected, {
+                item = self.vault.quarantine(root, path, info["identity"], info["sha256"], {
                     "verdict": "not-allowlisted", "reasons": [{
                         "code": "exec-denied", "severity": "malicious",
                         "message": f"'{path.name}' tried to run and is not on the allowlist."}],
@@ -642,7 +639,7 @@ class Daemon:
             return                                   # gone before we got to it
         if not (st.st_mode & 0o170000 == 0o100000):
             return                                   # links, fifos, folders: not ours
-        ident = file_identity(st)
+        ident = FileIdentity.of(st)
         with self._pending_lock:
             unchanged = self._seen.get(hash(key)) == hash(ident)
         if unchanged:
@@ -651,7 +648,7 @@ class Daemon:
         config, scanner = self.config, self.scanner
         verdict = scanner.scan_file(job.path, follow=False)
         self.counters.bump("scanned")
-        if verdict.error and "changed while" in verdict.error and job.attempt < _RESCANS_MAX:
+        if verdict.failure is Failure.CHANGED and job.attempt < _RESCANS_MAX:
             self._requeue(job)
             return
         self.counters.bump(verdict.level.value)
@@ -700,10 +697,9 @@ class Daemon:
         through a writable mapping (no timestamp changes at all), does not inherit the
         old content's verdict, and a rename or a new hard link (which change the ctime)
         does not lose it."""
-        st = verdict.details.get("stat") if isinstance(verdict.details, dict) else None
-        if not st or not verdict.flagged or not verdict.sha256:
+        if verdict.identity is None or not verdict.flagged or not verdict.sha256:
             return
-        ident = (st["dev"], st["ino"], verdict.sha256)
+        ident = (*verdict.identity.inode, verdict.sha256)
         summary = _launch_summary(verdict)
         with self._pending_lock:
             known = self._verdicts.pop(ident, None)
@@ -734,18 +730,17 @@ class Daemon:
 
     def _requeue(self, job: _Job) -> None:
         try:
-            self._queue.put_nowait(_Job(job.path, job.folder, "rescan", job.attempt + 1))
+            self._queue.put_nowait(_Job(job.path, job.folder, Trigger.RESCAN, job.attempt + 1))
         except queue.Full:
             self.request_sweep()
 
     def _quarantine(self, job: _Job, verdict, decision, provenance) -> str:
-        st = verdict.details.get("stat") or {}
-        expected = Expected(st["dev"], st["ino"], st["size"], st["mtime_ns"], verdict.sha256)
         meta = {"verdict": verdict.level.value, "reasons": [r.to_dict() for r in verdict.reasons],
                 "rules": list(verdict.rules), "summary": verdict.summary,
                 "source": job.folder.source, "provenance": provenance,
                 "meeting": decision.meeting, "type": verdict.type.to_dict()}
-        item = self.vault.quarantine(Path(job.folder.path), job.path, expected, meta)
+        item = self.vault.quarantine(Path(job.folder.path), job.path, verdict.identity,
+                                     verdict.sha256, meta)
         return item.id
 
     def _provenance(self, path: Path) -> dict[str, Any]:

@@ -59,13 +59,6 @@ def write_atomic(path: Path, data: bytes, *, mode: int, uid: int | None = None,
             os.close(dfd)
 
 
-def file_identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
-    """What makes a file "the same file, unchanged": device, inode, size, mtime and ctime.
-    ctime because utime puts an mtime back (a rewrite of the same size would pass) and
-    nothing but the kernel sets ctime; it also tells a new file on a reused inode number."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 def take_read_lease(fd: int) -> str:
     """Take a read lease on *fd* (a file opened for reading): LEASE_HELD; LEASE_WRITER
     when the file is open for writing (or mapped writable) somewhere, so that its content

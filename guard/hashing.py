@@ -1,4 +1,5 @@
-"""sha256 on a helper thread, beside other work on the same bytes.
+"""sha256 of a file's content: one streaming routine for the scanner, launch control and
+the CLI, and a helper thread to hash beside other work on the same bytes.
 
 hashlib releases the GIL while it hashes a buffer of more than 2 KiB, and so do YARA,
 the XOR in the vault and file writes: hashing beside them costs wall time only when the
@@ -8,8 +9,36 @@ other core is busy.
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
+from typing import Callable
+
+CHUNK_BYTES = 1 << 20
+
+
+def sha256_fd(fd: int, *, on_chunk: Callable[[bytes], None] | None = None,
+              stop: Callable[[], bool] | None = None) -> tuple[str, int]:
+    """(sha256 hex digest, bytes read) of everything in the file behind *fd*, from its
+    first byte to its end, with no size limit: a digest that is cut short could never
+    match an allowlist entry. Reads with pread (the descriptor's offset is left alone).
+
+    *on_chunk* sees every chunk in order (the scanner keeps the head and tail); *stop*,
+    asked before each chunk, ends the read early when it says so (a writer is waiting):
+    the digest then covers only the bytes read, which the caller must compare with the
+    size. Raises OSError.
+    """
+    h = hashlib.sha256()
+    offset = 0
+    while stop is None or not stop():
+        chunk = os.pread(fd, CHUNK_BYTES, offset)
+        if not chunk:
+            break
+        h.update(chunk)
+        offset += len(chunk)
+        if on_chunk is not None:
+            on_chunk(chunk)
+    return h.hexdigest(), offset
 
 
 class BackgroundSha256:

@@ -26,7 +26,7 @@ import pefile
 from .analyze.yara_scan import BUNDLED_RULES, RuleSet, compile_rules, default_cache_dir
 from .fsutil import (LEASE_HELD, LEASE_UNAVAILABLE, LEASE_WRITER, lease_broken,
                      release_lease, take_read_lease)
-from .hashing import BackgroundSha256
+from .hashing import BackgroundSha256, sha256_fd
 from .identify.containers import READERS, UNINSPECTED, Limits, walk_container
 from .identify.filetype import identify, yara_filetype
 from .identify.names import analyze_name, split_extension
@@ -36,11 +36,10 @@ from .identify.pe import inspect_pe
 from .identify.sample import MemberHit, Sample
 from .identify.shortcut import inspect_shortcut
 from .policy.engine import judge
-from .verdict import UNKNOWN_TYPE, Family, FileType, Verdict
+from .verdict import UNKNOWN_TYPE, Failure, Family, FileIdentity, FileType, Skip, Verdict
 
 HEAD_BYTES = 1 << 20       # what a too-large file is identified from
 INTERNAL_ERROR = "internal error in the scan"   # starts a malformed reason's detail
-_READ_CHUNK = 1 << 20
 _PARALLEL_HASH_BYTES = 1 << 20   # from this size the hash runs beside the inspection
 CHANGED_WHILE_SCANNED = "the file changed while it was being scanned"
 _CLOSING_WRITER_WAITS_S = (0.001, 0.002, 0.005, 0.01)   # a writer that has just closed
@@ -91,7 +90,7 @@ class Scanner:
         try:
             self._gather(sample, spath, follow)
         except OSError as exc:
-            sample.error = _oserror_text(exc)
+            sample.error, sample.failure = _oserror_text(exc), Failure.UNREADABLE
         except MemoryError:
             sample.limits_exceeded.append("out of memory while reading")
         except Exception as exc:  # noqa: BLE001 - a parser's bug must not cost the verdict
@@ -108,10 +107,10 @@ class Scanner:
         try:
             st = os.stat(path, follow_symlinks=follow)
         except OSError as exc:
-            s.error = _oserror_text(exc)
+            s.error, s.failure = _oserror_text(exc), Failure.UNREADABLE
             return
         if not stat.S_ISREG(st.st_mode):
-            s.skipped = _special_kind(st.st_mode)
+            s.skipped, s.skip = _special_kind(st.st_mode), Skip.SPECIAL
             return
         fd = os.open(path, flags)
         lease = LEASE_UNAVAILABLE
@@ -128,13 +127,13 @@ class Scanner:
                 lease = take_read_lease(fd)
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):       # swapped between stat and open
-                s.skipped = _special_kind(st.st_mode)
+                s.skipped, s.skip = _special_kind(st.st_mode), Skip.SPECIAL
                 return
             s.size = st.st_size
             if lease == LEASE_WRITER:
                 # open for writing (or mapped writable) elsewhere: a rewrite may be half
                 # done, and no read can tell. Not read at all.
-                s.error = CHANGED_WHILE_SCANNED
+                s.error, s.failure = CHANGED_WHILE_SCANNED, Failure.CHANGED
                 return
             unhashed = st.st_size > self.options.max_hash_bytes
             s.too_large = st.st_size > self.options.max_size_bytes or unhashed
@@ -155,14 +154,13 @@ class Scanner:
             if lease == LEASE_HELD:
                 release_lease(fd)             # a writer waiting on the break goes on now
             os.close(fd)
-        if disturbed or nread != st.st_size or _stamp(after) != _stamp(st):
+        s.identity, s.owner_uid = FileIdentity.of(st), st.st_uid
+        if disturbed or nread != st.st_size or not s.identity.unchanged(after):
             # No verdict for content that changed under the read: it may not be what runs.
             # Without a lease only the stat comparison is left, and it cannot see a read
             # that fell between two writes of one rewrite.
-            s.error = CHANGED_WHILE_SCANNED
+            s.error, s.failure, s.identity = CHANGED_WHILE_SCANNED, Failure.CHANGED, None
             return
-        s.identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                      st.st_uid)
         if digest is not None:
             s.sha256 = digest
             self._inspect(s, data, tail, st)
@@ -182,20 +180,17 @@ class Scanner:
         what it is identified from; the hash covers every byte. Stops early once
         *broken* says a writer is waiting (the read is void then, and the writer should
         not wait for the rest of it)."""
-        h = hashlib.sha256()
         head = bytearray()
         tail = b""
-        nread = 0
-        while broken is None or not broken():
-            chunk = os.read(fd, _READ_CHUNK)
-            if not chunk:
-                break
-            nread += len(chunk)
-            h.update(chunk)
+
+        def keep(chunk: bytes) -> None:
+            nonlocal tail
             if len(head) < HEAD_BYTES:
-                head += chunk[: HEAD_BYTES - len(head)]
+                head.extend(chunk[: HEAD_BYTES - len(head)])
             tail = (tail + chunk[-512:])[-512:]    # not tail + chunk: a 1 MiB copy per read
-        return bytes(head), tail, h.hexdigest(), nread
+
+        digest, nread = sha256_fd(fd, on_chunk=keep, stop=broken)
+        return bytes(head), tail, digest, nread
 
     def _inspect(self, s: Sample, data: bytes, tail: bytes, st: os.stat_result) -> None:
         s.type = ftype = identify(data[: 256 * 1024], s.name.extension, tail)
@@ -255,11 +250,7 @@ class Scanner:
 
     def _verdict(self, s: Sample, elapsed_s: float) -> Verdict:
         level, reasons = judge(s)
-        details: dict[str, object] = {"scan_ms": round(elapsed_s * 1000, 2)}
-        if s.identity:
-            dev, ino, size, mtime_ns, ctime_ns, uid = s.identity
-            details["stat"] = {"dev": dev, "ino": ino, "size": size, "mtime_ns": mtime_ns,
-                               "ctime_ns": ctime_ns, "uid": uid}
+        details: dict[str, object] = {}
         if s.pe is not None:
             details["pe"] = s.pe.to_dict()
         if s.shortcut is not None:
@@ -277,6 +268,7 @@ class Scanner:
             type=s.type or UNKNOWN_TYPE,
             claimed_family=s.name.claimed, rules=tuple(dict.fromkeys(rules)),
             error=s.error, details=details, skipped=bool(s.skipped),
+            identity=s.identity, owner_uid=s.owner_uid, scan_ms=elapsed_s * 1000, failure=s.failure, skip=s.skip,
         )
 
     # --- trees ------------------------------------------------------------------------
@@ -317,7 +309,7 @@ class Scanner:
                     target = os.path.realpath(path)
                     if not (target == root or target.startswith(root.rstrip("/") + "/")):
                         yield path, self._skip_verdict(path, "a link to outside the scanned "
-                                                             "folder was not followed")
+                                                             "folder was not followed", Skip.LINK)
                         continue
                 st = entry.stat(follow_symlinks=True)
             except OSError as exc:
@@ -331,22 +323,18 @@ class Scanner:
             elif stat.S_ISREG(st.st_mode):
                 yield path, None
             else:
-                yield path, self._skip_verdict(path, f"not a regular file ({_special_kind(st.st_mode)})")
+                yield path, self._skip_verdict(
+                    path, f"not a regular file ({_special_kind(st.st_mode)})", Skip.SPECIAL)
 
     def _error_verdict(self, path: str, error: str) -> Verdict:
         s = Sample(path=path, name=analyze_name(os.path.basename(path.rstrip("/")) or path))
-        s.error = error
+        s.error, s.failure = error, Failure.UNREADABLE
         return self._verdict(s, 0.0)
 
-    def _skip_verdict(self, path: str, why: str) -> Verdict:
+    def _skip_verdict(self, path: str, why: str, kind: Skip) -> Verdict:
         s = Sample(path=path, name=analyze_name(os.path.basename(path)))
-        s.skipped = why
+        s.skipped, s.skip = why, kind
         return self._verdict(s, 0.0)
-
-
-def _stamp(st: os.stat_result) -> tuple[int, int, int]:
-    """What tells that a file changed: ctime too, which utime cannot put back."""
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _read_ends(fd: int, size: int) -> tuple[bytes, bytes]:

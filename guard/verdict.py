@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import enum
+import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class Level(enum.Enum):
@@ -113,6 +114,55 @@ class FileType:
 UNKNOWN_TYPE = FileType("application/octet-stream", "unknown", Family.OTHER)
 
 
+class FileIdentity(NamedTuple):
+    """Which file, and whether it is unchanged since it was looked at: device, inode,
+    size, mtime and ctime. ctime because utime puts an mtime back (a rewrite of the same
+    size would pass) and nothing but the kernel sets ctime; it also tells a new file on a
+    reused inode number.
+
+    The one shape of a file's identity: scan results, the agent's memory of scanned files,
+    launch decisions and the vault's check before a move all compare these. A named tuple,
+    not a dataclass: launch control builds one for every exec it is asked about.
+    """
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "FileIdentity":
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    @property
+    def inode(self) -> tuple[int, int]:
+        """The file, whatever its content: device and inode."""
+        return (self.dev, self.ino)
+
+    def unchanged(self, st: os.stat_result) -> bool:
+        """*st* is this file, with nothing written or changed since."""
+        return self == FileIdentity.of(st)
+
+    def to_dict(self) -> dict[str, int]:
+        return self._asdict()
+
+
+class Failure(enum.StrEnum):
+    """Why a scan gave no full verdict, as a kind a program can act on (the text for
+    people is ``Verdict.error``)."""
+
+    CHANGED = "changed"          # written while it was read: scan again, never trust it
+    UNREADABLE = "unreadable"    # vanished, no permission, an I/O error
+
+
+class Skip(enum.StrEnum):
+    """Why a path was not opened at all."""
+
+    LINK = "link"                # a link not followed
+    SPECIAL = "special"          # a FIFO, socket, device or folder
+
+
 @dataclass(frozen=True)
 class Verdict:
     """The scan's judgement of one file. Immutable; safe to pass between processes."""
@@ -128,6 +178,13 @@ class Verdict:
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     skipped: bool = False    # not a regular file, or a link not followed: never opened
+    # The file that was read (None when it was not read whole and unchanged), how long
+    # the scan took, and the kind of failure when there was one.
+    identity: FileIdentity | None = field(default=None, compare=False)
+    owner_uid: int | None = field(default=None, compare=False)
+    scan_ms: float = field(default=0.0, compare=False)
+    failure: Failure | None = None
+    skip: Skip | None = None
 
     @property
     def flagged(self) -> bool:
@@ -160,10 +217,18 @@ class Verdict:
             "rules": list(self.rules),
             "error": self.error,
             "skipped": self.skipped,
-            "details": self.details,
+            "details": self._details(),
         }
         if raw is not None:
             out["path_b64"] = raw
+        return out
+
+
+    def _details(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"scan_ms": round(self.scan_ms, 2)}
+        if self.identity is not None:
+            out["stat"] = {**self.identity.to_dict(), "uid": self.owner_uid}
+        out.update(self.details)
         return out
 
 
@@ -183,6 +248,31 @@ class Action(enum.Enum):
     DENY_EXEC = "deny-exec"
 
 
+class Mode(enum.StrEnum):
+    """What the agent does with its judgement: MONITOR logs only, ENFORCE acts."""
+
+    MONITOR = "monitor"
+    ENFORCE = "enforce"
+
+
+class FailMode(enum.StrEnum):
+    """How a launch decision that misses its deadline is answered."""
+
+    OPEN = "open"                # allow: the host keeps working (the default)
+    CLOSED = "closed"            # deny: for high-security hosts
+
+
+class Trigger(enum.StrEnum):
+    """What made the agent look at a file."""
+
+    CLOSED = "closed"            # the writer closed it
+    MOVED = "moved"              # renamed or moved into a watched folder
+    SETTLED = "settled"          # no close event: size and mtime held still
+    SWEEP = "sweep"              # a reconciliation sweep
+    NEW_FOLDER = "new-folder"    # a folder appeared: its files are swept
+    RESCAN = "rescan"            # it changed while it was scanned or moved
+
+
 @dataclass(frozen=True)
 class Decision:
     """What the project does about a Verdict, given mode and context.
@@ -194,9 +284,9 @@ class Decision:
     intended: Action
     verdict: Verdict
     because: str             # "malicious, enforce mode", "meeting: strict policy"
-    mode: str = "enforce"
+    mode: Mode = Mode.ENFORCE
     meeting: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"action": self.action.value, "intended": self.intended.value,
-                "because": self.because, "mode": self.mode, "meeting": self.meeting}
+                "because": self.because, "mode": self.mode.value, "meeting": self.meeting}

@@ -14,7 +14,6 @@ notification follow on a separate thread, so none of them can delay a launch.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import os
 import sys
 import threading
@@ -24,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..fsutil import file_identity, open_for_writing
+from ..fsutil import open_for_writing
+from ..verdict import FileIdentity
+from ..hashing import sha256_fd
 from ..sources.procpoll import (Launch, ProcessMonitor, interpreter_name, launch_target,
                                 stop_process, under)
-
-_MAX_HASH_BYTES = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -190,8 +189,8 @@ class LaunchControl:
             needed = entry is not None and entry.kind == "path"
             verdict = self.verdict_of(path, st, sha256, scan=needed)
             later = verdict is None and not needed
-        info = {"sha256": sha256, "dev": st.st_dev, "ino": st.st_ino, "size": st.st_size,
-                "mtime_ns": st.st_mtime_ns, "path": path, "verdict": verdict}
+        info = {"sha256": sha256, "identity": FileIdentity.of(st), "path": path,
+                "verdict": verdict}
         if later:
             info["_verdict_later"] = st
         malicious = bool(verdict) and verdict.get("level") == "malicious"
@@ -222,7 +221,7 @@ class LaunchControl:
             st = os.fstat(ev.fd)
         except OSError:
             return None
-        key = file_identity(st)
+        key = FileIdentity.of(st)
         if not ev.is_exec and self._recent_exec.get(ev.pid) == key:
             # the open the kernel makes for the exec it just asked us about
             return Answer(True, "exempt", "same exec")
@@ -282,10 +281,10 @@ class LaunchControl:
         lasting = d.how == "decided" and not writable
         if lasting:
             with self._cache_lock:
-                self._cache[file_identity(st)] = d
+                self._cache[FileIdentity.of(st)] = d
         proc = _process_fields(ev.pid)
         if d.allow and ev.is_exec and lasting:
-            self._remember_exec(ev.pid, file_identity(st))
+            self._remember_exec(ev.pid, FileIdentity.of(st))
         return Answer(d.allow, d.how, d.because, (d, proc, path))
 
     def _report(self, ev, ans, latency_s: float) -> None:
@@ -319,14 +318,14 @@ class LaunchControl:
         try:
             st = os.fstat(fd)
             with self._cache_lock:
-                d = self._cache.get(file_identity(st))
+                d = self._cache.get(FileIdentity.of(st))
             how_cached = d is not None
             if d is None:
                 writable = open_for_writing(fd)
                 d = self._policy(launch.target, fd, st)
                 if d.how == "decided" and not writable:
                     with self._cache_lock:
-                        self._cache[file_identity(st)] = d
+                        self._cache[FileIdentity.of(st)] = d
         finally:
             os.close(fd)
         outcome = ""
@@ -362,22 +361,14 @@ class LaunchControl:
 
 
 def _hash(fd: int | None, path: str) -> str:
-    h = hashlib.sha256()
     own = fd is None
     if own:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        offset = 0
-        while offset < _MAX_HASH_BYTES:
-            chunk = os.pread(fd, 1 << 20, offset)
-            if not chunk:
-                break
-            h.update(chunk)
-            offset += len(chunk)
+        return sha256_fd(fd)[0]
     finally:
         if own:
             os.close(fd)
-    return h.hexdigest()
 
 
 def _signers(fd: int | None, path: str) -> tuple[str, ...]:

@@ -47,6 +47,7 @@ from typing import Any, Iterator
 
 from ..errors import FileChanged, QuarantineError
 from ..hashing import BackgroundSha256
+from ..verdict import FileIdentity
 
 HEADER = b"GUARD-QUARANTINE-1\n"
 _XOR = bytes(b ^ 0xA5 for b in range(256))
@@ -57,16 +58,6 @@ _REMOVING = ".guard-{id}.removing"
 def neutralise(data: bytes) -> bytes:
     """Reversible: neutralise(neutralise(x)) == x."""
     return data.translate(_XOR)
-
-
-@dataclass(frozen=True)
-class Expected:
-    """What the scan saw; the file must still be exactly this to be moved."""
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -239,9 +230,10 @@ class Vault:
             self.step_hook(name)
 
     # --- quarantine ----------------------------------------------------------------------
-    def quarantine(self, root: Path, path: Path, expected: Expected,
+    def quarantine(self, root: Path, path: Path, identity: FileIdentity, sha256: str,
                    meta: dict[str, Any]) -> Item:
-        """Move *path* (inside the watched folder *root*) into the vault.
+        """Move *path* (inside the watched folder *root*) into the vault, if it is still
+        the file that was scanned (*identity*) with the content that was judged (*sha256*).
 
         Raises FileChanged when the file is not the one scanned (rescan it), and
         QuarantineError when it cannot be moved; in both cases the file stays in place.
@@ -257,7 +249,8 @@ class Vault:
         with self._lock:
             dir_fd = open_below(root, rel[:-1])
             try:
-                return self._quarantine_at(dir_fd, root, rel, path, expected, meta, item_id)
+                return self._quarantine_at(dir_fd, root, rel, path, identity, sha256, meta,
+                                           item_id)
             except OSError as exc:
                 # e.g. a full vault disk: the copy was discarded and the file is in place;
                 # say so in one line instead of a bare "[Errno 28]".
@@ -267,7 +260,8 @@ class Vault:
                 os.close(dir_fd)
 
     def _quarantine_at(self, dir_fd: int, root: Path, rel: tuple[str, ...], path: Path,
-                       expected: Expected, meta: dict[str, Any], item_id: str) -> Item:
+                       identity: FileIdentity, sha256: str, meta: dict[str, Any],
+                       item_id: str) -> Item:
         name = rel[-1]
         try:
             src = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
@@ -279,16 +273,16 @@ class Vault:
             raise QuarantineError(f"cannot open: {exc.strerror}", path=str(path)) from None
         try:
             st = os.fstat(src)
-            self._check_identity(st, expected, path, dir_fd)
+            self._check_identity(st, identity, path, dir_fd)
             self._journal({"op": "intent", "id": item_id, "root": str(root),
                            "rel": list(rel), "dev": st.st_dev, "ino": st.st_ino,
                            "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                           "sha256": expected.sha256})
+                           "sha256": sha256})
             self._step("intent")
-            self._copy(src, item_id, expected, path)
+            self._copy(src, item_id, sha256, path)
             record = {
                 **meta, "id": item_id, "original_path": str(path), "root": str(root),
-                "rel": list(rel), "sha256": expected.sha256, "size": st.st_size,
+                "rel": list(rel), "sha256": sha256, "size": st.st_size,
                 "uid": st.st_uid, "gid": st.st_gid, "mode": stat.S_IMODE(st.st_mode),
                 "atime_ns": st.st_atime_ns, "mtime_ns": st.st_mtime_ns,
                 "quarantined_at": _now(),
@@ -318,12 +312,14 @@ class Vault:
         return Item(item_id, record)
 
     @staticmethod
-    def _check_identity(st: os.stat_result, expected: Expected, path: Path, dir_fd: int
+    def _check_identity(st: os.stat_result, identity: FileIdentity, path: Path, dir_fd: int
                         ) -> None:
         if not stat.S_ISREG(st.st_mode):
             raise FileChanged("no longer a regular file", path=str(path))
+        # Not the ctime: a download's metadata (xattrs) may be set after the scan; the
+        # content itself is checked by its hash while it is copied.
         if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != (
-                expected.dev, expected.ino, expected.size, expected.mtime_ns):
+                identity.dev, identity.ino, identity.size, identity.mtime_ns):
             raise FileChanged("the file changed after its scan", path=str(path))
         if st.st_nlink > 1:
             raise QuarantineError("refused: the file has other hard links (it may be a "
@@ -333,7 +329,7 @@ class Vault:
             raise QuarantineError(f"refused: owned by uid {st.st_uid}, not by the folder's "
                                   f"owner {folder_owner}", path=str(path))
 
-    def _copy(self, src: int, item_id: str, expected: Expected, path: Path) -> None:
+    def _copy(self, src: int, item_id: str, sha256: str, path: Path) -> None:
         part = self.tmp / f"{item_id}.part"
         out = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                       0o600)
@@ -355,7 +351,7 @@ class Vault:
         finally:
             os.close(out)
             digest = h.hexdigest()
-        if digest != expected.sha256:
+        if digest != sha256:
             raise FileChanged("the content changed after its scan", path=str(path))
         os.replace(part, self.items / f"{item_id}.bin")
         _fsync_dir(self.items)

@@ -63,7 +63,7 @@ def scan_record(decision: Decision, source: str = "", provenance: dict[str, Any]
     ``guard.timing`` splits it in milliseconds.
     """
     v: Verdict = decision.verdict
-    stat = v.details.get("stat", {}) if isinstance(v.details, dict) else {}
+    uid = v.owner_uid
     if decision.action is Action.QUARANTINE:
         action = "quarantine"
     elif decision.intended is Action.QUARANTINE:
@@ -81,10 +81,10 @@ def scan_record(decision: Decision, source: str = "", provenance: dict[str, Any]
             "action": action, "outcome": outcome, "module": "guard",
             "reason": v.summary or v.level.value,
         },
-        "file": {**file_fields(v.path, v.size, v.sha256, stat.get("uid")),
+        "file": {**file_fields(v.path, v.size, v.sha256, uid),
                  "mime_type": v.type.mime},
         "rule": {"name": list(v.rules)} if v.rules else {},
-        "user": {"name": _user_of(stat.get("uid"))} if stat.get("uid") is not None else {},
+        "user": {"name": _user_of(uid)} if uid is not None else {},
         "guard": {
             "verdict": v.level.value,
             "codes": list(v.codes),
@@ -98,13 +98,11 @@ def scan_record(decision: Decision, source: str = "", provenance: dict[str, Any]
             "trigger": trigger,
         },
     }
-    scan_ms = v.details.get("scan_ms") if isinstance(v.details, dict) else None
-    if isinstance(scan_ms, (int, float)):
-        timing = {"scan_ms": scan_ms}
-        if quarantine_ms is not None:
-            timing["quarantine_ms"] = round(quarantine_ms, 2)
-        rec["event"]["duration"] = int(sum(timing.values()) * 1_000_000)
-        rec["guard"]["timing"] = timing
+    timing = {"scan_ms": round(v.scan_ms, 2)}
+    if quarantine_ms is not None:
+        timing["quarantine_ms"] = round(quarantine_ms, 2)
+    rec["event"]["duration"] = int(sum(timing.values()) * 1_000_000)
+    rec["guard"]["timing"] = timing
     if provenance:
         rec["guard"]["provenance"] = provenance
         if provenance.get("origin_url") or provenance.get("host_url"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..analyze.yara_scan import RuleHit
-from ..verdict import FileType
+from ..verdict import Failure, FileIdentity, FileType, Skip
 from .containers import ContainerFacts
 from .names import NameFacts
 from .office import MacroFacts
@@ -39,5 +39,8 @@ class Sample:
     too_large: bool = False
     limits_exceeded: list[str] = field(default_factory=list)  # "yara: timed out after 10 s"
     error: str | None = None
+    failure: Failure | None = None           # the kind of error, when there is one
     skipped: str = ""          # why the file was not opened (fifo, symlink out of root)
-    identity: tuple[int, ...] | None = None  # dev, ino, size, mtime_ns, ctime_ns, uid
+    skip: Skip | None = None                 # the kind of skip, when skipped
+    identity: FileIdentity | None = None     # the file that was read, unchanged
+    owner_uid: int | None = None

@@ -18,7 +18,8 @@ from __future__ import annotations
 from ..identify.containers import Member
 from ..identify.names import NameFacts, analyze_name, is_text_claim, printable
 from ..identify.sample import Sample
-from ..verdict import INERT, Action, Code, Decision, Family, FileType, Level, Reason, Verdict
+from ..verdict import (INERT, Action, Code, Decision, Family, FileType, Level, Mode, Reason,
+                       Skip, Verdict)
 
 M, S, C = Level.MALICIOUS, Level.SUSPICIOUS, Level.CLEAN
 
@@ -222,7 +223,7 @@ def judge(s: Sample) -> tuple[Level, tuple[Reason, ...]]:
     shown = printable(s.name.name)
     reasons: list[Reason] = []
     if s.skipped:
-        reasons.append(Reason(Code.SYMLINK_SKIPPED if "link" in s.skipped else Code.NOT_REGULAR,
+        reasons.append(Reason(Code.SYMLINK_SKIPPED if s.skip is Skip.LINK else Code.NOT_REGULAR,
                               C, f"'{shown}' was skipped: {s.skipped}.", s.skipped))
         return C, tuple(reasons)
     reasons += _file_reasons(s, shown)
@@ -276,9 +277,10 @@ _STRICT_CODES = frozenset({Code.EXECUTABLE, Code.EXEC_IN_CONTAINER, Code.LNK_COM
                            Code.EMBEDDED_EXECUTABLE})
 
 
-def decide(verdict: Verdict, mode: str, meeting: bool = False,
+def decide(verdict: Verdict, mode: Mode | str, meeting: bool = False,
            quarantine_suspicious: bool = False) -> Decision:
     """What to do with a scanned file. Pure; the mode is applied last."""
+    mode = Mode(mode)
     if verdict.skipped or (verdict.error and verdict.level is not Level.MALICIOUS):
         intended, because = Action.ALLOW, "not scanned: " + (verdict.error or "skipped")
     elif verdict.level is Level.MALICIOUS:
@@ -290,6 +292,6 @@ def decide(verdict: Verdict, mode: str, meeting: bool = False,
         intended, because = Action.QUARANTINE, "suspicious, quarantine_suspicious is on"
     else:
         intended, because = Action.ALLOW, verdict.level.value
-    action = intended if mode == "enforce" else Action.ALLOW
+    action = intended if mode is Mode.ENFORCE else Action.ALLOW
     return Decision(action=action, intended=intended, verdict=verdict,
                     because=f"{because}, {mode} mode", mode=mode, meeting=meeting)

@@ -35,6 +35,7 @@ from watchdog.events import (DirCreatedEvent, DirMovedEvent, FileClosedEvent,
 from watchdog.observers import Observer
 
 from ..config import PARTIAL_SUFFIXES, WatchFolder
+from ..verdict import Trigger
 
 try:       # the inotify reader of watchdog >= 7; elsewhere overflows are left to sweeps
     from watchdog.observers.api import DEFAULT_OBSERVER_TIMEOUT, BaseObserver
@@ -45,7 +46,7 @@ try:       # the inotify reader of watchdog >= 7; elsewhere overflows are left t
 except Exception:          # not Linux, an unsupported libc, an older watchdog
     InotifyFD = None
 
-OnReady = Callable[[Path, WatchFolder, str], None]   # path, folder, why ("closed", ...)
+OnReady = Callable[[Path, WatchFolder, Trigger], None]   # path, folder, what made it ready
 _INTERNAL_PREFIX = ".guard-"                          # the vault's own aside names
 _OVERFLOW_SETTLE_S = 0.5     # overflows come in bursts: one rewatch after it, not one each
 _OVERFLOW_GAPS_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)   # between rewatches while they go on
@@ -77,9 +78,9 @@ class _Handler(FileSystemEventHandler):
         w = self.watcher
         try:
             if isinstance(event, FileClosedEvent):
-                w.offer(os.fsdecode(event.src_path), self.folder, "closed")
+                w.offer(os.fsdecode(event.src_path), self.folder, Trigger.CLOSED)
             elif isinstance(event, FileMovedEvent):
-                w.offer(os.fsdecode(event.dest_path), self.folder, "moved")
+                w.offer(os.fsdecode(event.dest_path), self.folder, Trigger.MOVED)
             elif isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
                 w.settle(os.fsdecode(event.src_path), self.folder)
             elif isinstance(event, (DirCreatedEvent, DirMovedEvent)):
@@ -87,7 +88,7 @@ class _Handler(FileSystemEventHandler):
                 target = event.dest_path if isinstance(event, DirMovedEvent) else event.src_path
                 if w.on_new_folder is not None:
                     w.on_new_folder(os.fsdecode(target))
-                w.sweep_folder(Path(os.fsdecode(target)), self.folder, "new-folder")
+                w.sweep_folder(Path(os.fsdecode(target)), self.folder, Trigger.NEW_FOLDER)
         except Exception as exc:   # a handler must never kill the observer thread
             w.errors.append(f"watch handler: {type(exc).__name__}: {exc}")
 
@@ -337,7 +338,7 @@ class FolderWatcher:
                 self.errors.append(f"watch overflow: {type(exc).__name__}: {exc}")
 
     # --- classification ------------------------------------------------------------------
-    def offer(self, path: str, folder: WatchFolder, why: str) -> None:
+    def offer(self, path: str, folder: WatchFolder, why: Trigger) -> None:
         name = os.path.basename(path)
         if is_partial(name) or self.excluded(path):
             return
@@ -387,14 +388,14 @@ class FolderWatcher:
                     heapq.heappush(self._heap, (time.monotonic() + self.settle_s, path, folder))
                     continue
                 self._settling.pop(path, None)
-            self.on_ready(Path(path), folder, "settled")
+            self.on_ready(Path(path), folder, Trigger.SETTLED)
 
     # --- sweeps --------------------------------------------------------------------------
-    def sweep(self, why: str = "sweep") -> int:
+    def sweep(self, why: Trigger = Trigger.SWEEP) -> int:
         """Offer every file in every watched folder; returns how many were offered."""
         return sum(self.sweep_folder(Path(f.path), f, why) for f in self.folders)
 
-    def sweep_folder(self, top: Path, folder: WatchFolder, why: str) -> int:
+    def sweep_folder(self, top: Path, folder: WatchFolder, why: Trigger) -> int:
         count = 0
         for path in iter_files(top, self.excluded):
             if not is_partial(os.path.basename(path)):

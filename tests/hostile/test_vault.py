@@ -30,9 +30,9 @@ import pytest
 
 import guard.actions.quarantine as quarantine
 from figures import CASES, case, check
-from guard.actions.quarantine import Expected, Vault
+from guard.actions.quarantine import Vault
 from guard.errors import FileChanged, QuarantineError
-from vault_world import (USER, Racer, Swap, World, diff, expected_for, make_world, run_child,
+from vault_world import (USER, Expected, Racer, Swap, World, diff, expected_for, make_world, run_child,
                          sha256, snapshot, tmpfs, write_at)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -200,7 +200,7 @@ def _judge_quarantine(world: World, fds: _Fds, exp: Expected, real: str, outcome
 
 def _attempt_quarantine(world: World, path: Path, exp: Expected) -> tuple[str, object]:
     try:
-        return "moved", world.vault.quarantine(world.root, path, exp, {"case": "hostile"})
+        return "moved", world.vault.quarantine(world.root, path, *exp.args(), {"case": "hostile"})
     except QuarantineError as exc:
         return ("refused", exc) if "\n" not in str(exc) else ("multi-line error", None)
     except Exception as exc:                     # noqa: BLE001 - an unclean outcome
@@ -301,7 +301,7 @@ def case_quarantine_swap(n: int, workdir: Path) -> dict:
 def _quarantined(world: World, fds: _Fds, name: str, data: bytes, mode: int = 0o640):
     write_at(fds.sub, name, data, mode=mode)
     exp = expected_for(name, dir_fd=fds.sub)
-    return world.vault.quarantine(world.root, world.sub / name, exp, {}), exp
+    return world.vault.quarantine(world.root, world.sub / name, *exp.args(), {}), exp
 
 
 def _strays(world: World) -> list[str]:
@@ -813,6 +813,7 @@ _CHILD = r"""
 import json, os, signal, sys
 from pathlib import Path
 import guard.actions.quarantine as q
+from guard.verdict import FileIdentity
 a = json.loads(sys.argv[1])
 if a["fallback"]:
     q._renameat2 = None
@@ -822,7 +823,8 @@ def hook(step):
         os.kill(os.getpid(), signal.SIGKILL)
 v.step_hook = hook
 if a["op"] == "quarantine":
-    v.quarantine(Path(a["root"]), Path(a["path"]), q.Expected(*a["expected"]), {})
+    v.quarantine(Path(a["root"]), Path(a["path"]), FileIdentity(*a["expected"][0]),
+                 a["expected"][1], {})
 else:
     v.recover()
 """
@@ -843,7 +845,7 @@ def _in_child(op: str, vault_dir: Path, kill: str | None, fallback: bool, fresh:
     if fresh:
         arg = {"op": op, "vault": str(vault_dir), "kill": kill, "fallback": fallback,
                "root": str(root), "path": str(path),
-               "expected": list(exp.__dict__.values()) if exp else None}
+               "expected": [list(exp.identity), exp.sha256] if exp else None}
         r = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(arg)], cwd=REPO,
                            env={**os.environ, "PYTHONPATH": str(REPO)},
                            capture_output=True, timeout=120)
@@ -855,7 +857,7 @@ def _in_child(op: str, vault_dir: Path, kill: str | None, fallback: bool, fresh:
         v = Vault(vault_dir)
         v.step_hook = _killing_hook(kill)
         if op == "quarantine":
-            v.quarantine(root, path, exp, {})
+            v.quarantine(root, path, *exp.args(), {})
         else:
             v.recover()
     return run_child(work, kill_after_s)
@@ -965,7 +967,7 @@ def _full_disk(workdir: Path, src: Path, problems: list[str]) -> int:
         big.write_bytes(os.urandom(1 << 20))
         exp = expected_for(big)
         try:
-            vault.quarantine(src, big, exp, {})
+            vault.quarantine(src, big, *exp.args(), {})
             problems.append("full disk: a 1 MB file went into a 256 kB vault")
         except QuarantineError as exc:
             vault.recover()
@@ -1000,7 +1002,7 @@ def _full_disk(workdir: Path, src: Path, problems: list[str]) -> int:
         vault.step_hook = _hook("meta", fill)
         item = None
         try:
-            item = vault.quarantine(src, small, exp, {})
+            item = vault.quarantine(src, small, *exp.args(), {})
             filler.unlink()
             if not small.exists() and _vault_ok(vault, item.id, exp.sha256) and \
                     ("%s" % item.id, "completed") in vault.recover() and clean(vault):
@@ -1022,7 +1024,7 @@ def _full_disk(workdir: Path, src: Path, problems: list[str]) -> int:
         exp = expected_for(one)
         fill()
         try:
-            vault.quarantine(src, one, exp, {})
+            vault.quarantine(src, one, *exp.args(), {})
             problems.append("full disk (intent): moved into a full vault")
         except QuarantineError as exc:
             filler.unlink()
@@ -1047,17 +1049,17 @@ def _cross_fs(xfs: Path, src: Path, problems: list[str]) -> int:
     os.chown(p, USER, USER)
     os.chmod(p, 0o604)
     exp = expected_for(p)
-    item = vault.quarantine(src, p, exp, {})
+    item = vault.quarantine(src, p, *exp.args(), {})
     if p.exists() or not _vault_ok(vault, item.id, exp.sha256):
         problems.append("cross-fs: not moved")
         return 0
     back = vault.restore(item.id)
     st = os.stat(back)
     if back != p or p.read_bytes() != data or (st.st_uid, stat.S_IMODE(st.st_mode)) != (
-            USER, 0o604) or st.st_mtime_ns != exp.mtime_ns:
+            USER, 0o604) or st.st_mtime_ns != exp.identity.mtime_ns:
         problems.append("cross-fs: restore differs")
         return 0
-    item = vault.quarantine(src, p, expected_for(p), {})
+    item = vault.quarantine(src, p, *expected_for(p).args(), {})
     vault.purge(item.id)
     if p.exists() or os.listdir(vault.items) or os.listdir(vault.tmp):
         problems.append("cross-fs: purge left files")
@@ -1157,7 +1159,7 @@ def test_restore_still_follows_links_that_only_root_could_make(tmp_path):
         write_at(fd, GIFT, b"MZ")
     finally:
         os.close(fd)
-    item = vault.quarantine(tmp_path / "alias" / "home" / "Downloads", p, expected_for(p), {})
+    item = vault.quarantine(tmp_path / "alias" / "home" / "Downloads", p, *expected_for(p).args(), {})
     assert vault.restore(item.id) == p and p.read_bytes() == b"MZ"
 
 
@@ -1177,7 +1179,7 @@ def test_a_folder_swapped_in_for_the_file_gets_its_name_back(tmp_path):
         exp = expected_for(NAME, dir_fd=fds.sub)
         world.vault.step_hook = _hook("meta", _file_swap(fds, world, "folder", {}))
         with pytest.raises(FileChanged):
-            world.vault.quarantine(world.root, world.sub / NAME, exp, {})
+            world.vault.quarantine(world.root, world.sub / NAME, *exp.args(), {})
         assert _entries(fds.sub) == [NAME, NAME + ".mine"]
         assert (world.sub / NAME / "inside.txt").exists()
     finally:
@@ -1235,7 +1237,7 @@ def test_no_errno_leaks_out_of_a_refused_quarantine(tmp_path):
         (src / "big.bin").write_bytes(os.urandom(256 << 10))
         v = Vault(tiny / "v")
         with pytest.raises(QuarantineError, match="stays in place: No space left") as err:
-            v.quarantine(src, src / "big.bin", expected_for(src / "big.bin"), {})
+            v.quarantine(src, src / "big.bin", *expected_for(src / "big.bin").args(), {})
         assert err.value.path == str(src / "big.bin")
         assert (src / "big.bin").exists()
         assert errno.ENOSPC == err.value.__cause__.errno

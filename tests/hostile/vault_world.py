@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from guard.actions.quarantine import Expected, Vault
+from guard.actions.quarantine import Vault
+from guard.verdict import FileIdentity
 
 USER = 4242                  # the employee: no such account needed, only the number
 OTHER = 4343                 # someone else, for canaries owned by neither root nor USER
@@ -29,6 +30,25 @@ OTHER = 4343                 # someone else, for canaries owned by neither root 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What a scan saw: the file and its content; the vault moves only that."""
+    identity: FileIdentity
+    sha256: str
+
+    @property
+    def dev(self) -> int:
+        return self.identity.dev
+
+    @property
+    def ino(self) -> int:
+        return self.identity.ino
+
+    def args(self) -> tuple[FileIdentity, str]:
+        """The arguments Vault.quarantine takes for it."""
+        return self.identity, self.sha256
 
 
 def expected_for(path: Path | str, dir_fd: int | None = None) -> Expected:
@@ -41,7 +61,7 @@ def expected_for(path: Path | str, dir_fd: int | None = None) -> Expected:
             h.update(chunk)
     finally:
         os.close(fd)
-    return Expected(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, h.hexdigest())
+    return Expected(FileIdentity.of(st), h.hexdigest())
 
 
 def write_at(dir_fd: int, name: str, data: bytes, uid: int = USER, mode: int = 0o644) -> None:
