@@ -329,7 +329,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .daemon import read_status
+    from .agent.status import read_status
     config = _config(args)
     status = read_status(config)
     if status is None:

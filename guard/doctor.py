@@ -174,7 +174,7 @@ def _check_log_chain(config: Config) -> Iterator[Check]:
 
 
 def _check_agent(config: Config) -> Iterator[Check]:
-    from .daemon import read_status
+    from .agent.status import read_status
     status = read_status(config)
     if status is None:
         yield Check("agent", WARN, "no agent is running with this configuration",
@@ -222,7 +222,7 @@ def _check_allowlist_source(config: Config) -> Iterator[Check]:
         yield Check("allowlist source", FAIL, f"public key file(s) missing: "
                     f"{', '.join(missing)}", "copy the fleet's public key there")
         return
-    from .daemon import read_status
+    from .agent.status import read_status
     pull = ((read_status(config) or {}).get("allowlist") or {}).get("pull") or {}
     if pull.get("last_error"):
         yield Check("allowlist source", WARN, f"{config.allowlist_url}: {pull['last_error']}",

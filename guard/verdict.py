@@ -290,3 +290,97 @@ class Decision:
     def to_dict(self) -> dict[str, Any]:
         return {"action": self.action.value, "intended": self.intended.value,
                 "because": self.because, "mode": self.mode.value, "meeting": self.meeting}
+
+
+@dataclass(frozen=True)
+class VerdictSummary:
+    """What launch control keeps of a file's verdict: small, by file and content."""
+
+    level: Level
+    codes: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ()
+    summary: str = ""
+
+    @classmethod
+    def of(cls, verdict: Verdict) -> "VerdictSummary":
+        return cls(verdict.level, verdict.codes, verdict.rules, verdict.summary)
+
+
+class How(enum.StrEnum):
+    """How a launch was answered (``guard.decision.how`` in exec records)."""
+
+    DECIDED = "decided"          # the exec policy decided it now
+    CACHE = "cache"              # a decision made earlier for the same file, unchanged
+    EXEMPT = "exempt"            # not a launch we judge (the guard itself, a data open)
+    BREAK_GLASS = "break-glass"  # break-glass is on: everything runs, logged
+    FAIL_OPEN = "fail-open"      # no decision by the deadline: allowed (fail_mode open)
+    FAIL_CLOSED = "fail-closed"  # no decision by the deadline: denied (fail_mode closed)
+
+    @property
+    def timed_out(self) -> bool:
+        return self in (How.FAIL_OPEN, How.FAIL_CLOSED)
+
+
+@dataclass(frozen=True)
+class ExecTarget:
+    """The file a launch is about to run, as launch control read it."""
+
+    path: str
+    identity: FileIdentity
+    sha256: str = ""
+    writable: bool = False   # open for writing (or mapped writable) elsewhere right now
+
+
+@dataclass(frozen=True)
+class ExecDecision:
+    """What launch control does about one launch. ``allow`` is the answer the kernel (or
+    the monitor) got; ``would_deny`` says that enforce mode would have refused what
+    monitor mode let run. ``entry`` names the allowlist entry that matched; ``lasting``
+    says the answer holds for the same file, unchanged, next time (it is cached)."""
+
+    allow: bool
+    how: How
+    because: str
+    entry: str = ""
+    would_deny: bool = False
+    mode: Mode = Mode.ENFORCE
+    lasting: bool = False
+
+    @property
+    def action(self) -> str:
+        """The record's ``event.action``."""
+        if self.how.timed_out:
+            return "exec-timeout"
+        if not self.allow:
+            return "exec-denied"
+        return "exec-would-deny" if self.would_deny else "exec-allowed"
+
+
+class FlushReason(enum.StrEnum):
+    """Why launch control's decision cache was emptied (``guard status`` counts them)."""
+
+    ALLOWLIST_CHANGED = "allowlist-changed"   # an entry may allow or stop allowing
+    MODE_CHANGED = "mode-changed"             # break-glass on or off: answers differ
+    RULES_CHANGED = "rules-changed"           # verdicts may differ (a reload)
+    FULL = "full"                             # more files than the cache holds
+
+
+class Problem(enum.StrEnum):
+    """Kinds of failure the agent survives; each is counted in ``guard status`` and
+    logged once as a ``guard-error`` record with its kind."""
+
+    AUDIT_WRITE = "audit-write"          # a record could not be written to the log
+    SCAN = "scan"                        # a file's handling raised (the file is skipped)
+    QUARANTINE = "quarantine"            # a move to the vault failed
+    PROVENANCE = "provenance"            # a file's download metadata could not be read
+    LAUNCH_RECORD = "launch-record"      # an exec decision could not be recorded
+    LAUNCH_FOLLOW_UP = "launch-follow-up"  # the quarantine or notice after a denial failed
+    NOTIFY = "notify"                    # a notification could not be delivered
+    MEETING = "meeting"                  # the call-app poll failed
+    HOUSEKEEPING = "housekeeping"        # a housekeeping step failed
+    WATCH = "watch"                      # a folder could not be watched
+    ALLOWLIST = "allowlist"              # an allowlist was refused (the last good stays)
+    RELOAD = "reload"                    # a reload was refused (the last good stays)
+    STATUS = "status"                    # status.json could not be written
+    STALL = "stall"                      # the pipeline stopped making progress
+    FORWARD = "forward"                  # records were lost before the SIEM got them

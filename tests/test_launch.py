@@ -18,7 +18,8 @@ import pytest
 
 from daemon_support import Agent, wait_until
 from guard.sources import fanotify
-from guard.sources.procpoll import Launch, stop_process
+from guard.actions.process import stop_process
+from guard.events import Launch
 
 FAN_OK, FAN_WHY = fanotify.available()
 needs_fanotify = pytest.mark.skipif(not FAN_OK, reason=f"fanotify: {FAN_WHY}")

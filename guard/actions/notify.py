@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import threading
 import time
+from typing import Callable
 from pathlib import Path
 
 _DELIVERY_TIMEOUT_S = 5.0
@@ -57,8 +58,10 @@ def desktop_command(title: str, body: str, system: str | None = None) -> list[st
 class Notifier:
     """Queue-backed; ``notify`` returns at once. ``close`` drains briefly and stops."""
 
-    def __init__(self, target: str = "auto", max_pending: int = 100):
+    def __init__(self, target: str = "auto", max_pending: int = 100,
+                 on_failure: Callable[[str], None] | None = None):
         self.target = target
+        self.on_failure = on_failure        # told why a notification was not delivered
         self._q: queue.Queue[tuple[str, str, dict] | None] = queue.Queue(max_pending)
         self.delivered = 0
         self.dropped = 0
@@ -73,6 +76,9 @@ class Notifier:
             self._q.put_nowait((title, body, dict(extra)))
         except queue.Full:
             self.dropped += 1
+            if self.on_failure is not None:
+                self.on_failure(f"notification dropped ({title!r}): {self._q.maxsize} "
+                                "already waiting")
 
     def close(self, timeout_s: float = 2.0) -> None:
         try:
@@ -89,8 +95,11 @@ class Notifier:
             try:
                 self._deliver(*item)
                 self.delivered += 1
-            except Exception:  # a notification must never take the daemon down
+            except Exception as exc:  # noqa: BLE001 - never takes the agent down; reported
                 self.failed += 1
+                if self.on_failure is not None:
+                    self.on_failure(f"notification not delivered ({item[0]!r}): "
+                                    f"{type(exc).__name__}: {exc}")
 
     def _deliver(self, title: str, body: str, extra: dict) -> None:
         if self.target.startswith("file:"):

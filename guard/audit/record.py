@@ -14,7 +14,7 @@ from pathlib import PurePath
 from typing import Any
 
 from ..identify.names import valid_text
-from ..verdict import Action, Decision, Verdict, path_b64
+from ..verdict import Action, Decision, ExecDecision, Verdict, VerdictSummary, path_b64
 
 from .writer import SCHEMA_VERSION  # one definition, in the writer
 
@@ -133,4 +133,38 @@ def admin_record(action: str, outcome: str = "success", message: str = "",
         rec["file"] = file_fields(path)
     if quarantine_id:
         rec["guard"]["quarantine_id"] = quarantine_id
+    return rec
+
+
+def exec_record(decision: ExecDecision, path: str, process: dict[str, Any], *,
+                backend: str, latency_ms: float, sha256: str = "",
+                verdict: VerdictSummary | None = None, uid: int | None = None,
+                outcome: str = "") -> dict[str, Any]:
+    """The record of one launch decision (``exec-allowed``, ``exec-denied``,
+    ``exec-would-deny``, ``exec-timeout``). *process* is ECS ``process.*`` of the
+    launcher; *uid* its user (``user.name``, ``user.id``); *outcome* what stopping it
+    did (portable monitor)."""
+    rec = admin_record(decision.action, outcome="success", message=decision.because,
+                       path=path,
+                       decision={"allow": decision.allow, "how": decision.how.value,
+                                 "because": decision.because, "entry": decision.entry,
+                                 "fail_mode": decision.how.value if decision.how.timed_out
+                                 else "", "mode": decision.mode.value},
+                       backend=backend, latency_ms=latency_ms, outcome_detail=outcome or None)
+    rec["event"]["kind"] = "alert" if not decision.allow else "event"
+    rec["event"]["category"] = ["process"]
+    rec["event"]["type"] = ["denied"] if not decision.allow else ["allowed"]
+    rec["process"] = process
+    if sha256:
+        rec.setdefault("file", {})["hash"] = {"sha256": sha256}
+    rec["guard"]["decision"]["verdict"] = verdict.level.value if verdict else "not-scanned"
+    if verdict is not None:
+        rec["guard"]["verdict"] = verdict.level.value
+        rec["guard"]["codes"] = list(verdict.codes)
+        if verdict.rules:
+            rec["rule"] = {"name": list(verdict.rules)}
+    if uid is not None:
+        rec["user"] = {"name": _user_of(uid), "id": str(uid)}
+    else:
+        rec.pop("user", None)           # not the agent's own user: unknown
     return rec

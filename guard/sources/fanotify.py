@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from ..errors import SourceUnavailable
+from ..verdict import How
 
 FAN_CLOEXEC = 0x00000001
 FAN_NONBLOCK = 0x00000002
@@ -176,7 +177,7 @@ class PermEvent:
 @dataclass(frozen=True)
 class Answer:
     allow: bool
-    how: str               # "cache", "exempt", "decided", "fail-open", "fail-closed"
+    how: How
     because: str = ""
     detail: Any = field(default=None, compare=False)   # the deciding side's, for report
 
@@ -507,8 +508,8 @@ class FanotifyGuard:
                 try:
                     ans = self.decide(ev)
                 except Exception as exc:
-                    ans = Answer(not self.fail_closed, "fail-closed" if self.fail_closed
-                                 else "fail-open",
+                    ans = Answer(not self.fail_closed, How.FAIL_CLOSED if self.fail_closed
+                                 else How.FAIL_OPEN,
                                  f"decision failed: {type(exc).__name__}: {exc}")
                 self.answer(ev, ans)
         finally:
@@ -532,7 +533,7 @@ class FanotifyGuard:
                 if self._pending.get(ev.fd) is not ev:
                     continue                      # answered already
             if ev.received + self.deadline_s <= time.monotonic() + 1e-3:
-                how = "fail-closed" if self.fail_closed else "fail-open"
+                how = How.FAIL_CLOSED if self.fail_closed else How.FAIL_OPEN
                 if self.answer(ev, Answer(not self.fail_closed, how,
                                           f"no decision within {self.deadline_s:g} s")):
                     self.stats["timeouts"] += 1

@@ -34,12 +34,14 @@ def _newest_pid() -> str | None:
 class MeetingMonitor:
     def __init__(self, apps: Iterable[str], linger_s: float = 900.0, poll_s: float = 2.0,
                  on_change: Callable[[bool, str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 on_error: Callable[[str], None] | None = None):
         self.apps = frozenset(_norm(a) for a in apps)
         self.linger_s = linger_s
         self.poll_s = poll_s
         self.on_change = on_change
         self.clock = clock
+        self.on_error = on_error       # told why a poll failed (the next one retries)
         self.app = ""                  # the call app seen last
         self._running = False
         self._reported = False         # the state last announced through on_change
@@ -127,6 +129,7 @@ class MeetingMonitor:
         while not self._stop.is_set():
             try:
                 self.poll()
-            except Exception:   # psutil hiccups must not stop the monitor
-                pass
+            except Exception as exc:  # noqa: BLE001 - must not stop the monitor; reported
+                if self.on_error is not None:
+                    self.on_error(f"call-app poll failed: {type(exc).__name__}: {exc}")
             self._stop.wait(self.poll_s)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import psutil
+
+from ..events import Launch
 
 INTERPRETERS = frozenset("""sh bash dash zsh ksh csh tcsh fish python python2 python3 pythonw
     perl ruby node nodejs deno bun php pwsh powershell wscript cscript mshta osascript
@@ -40,24 +40,6 @@ def interpreter_name(name: str) -> str:
     if stripped in INTERPRETERS or stripped + "3" in INTERPRETERS:
         return stripped
     return ""
-
-
-@dataclass(frozen=True)
-class Launch:
-    pid: int
-    create_time: float
-    target: str            # the file under a watched folder that runs
-    exe: str
-    cmdline: tuple[str, ...]
-    ppid: int
-    name: str
-    seen_at: float         # time.monotonic() when the poll saw it
-
-    def process_fields(self) -> dict[str, object]:
-        """ECS process.* for the audit log."""
-        return {"pid": self.pid, "executable": self.exe, "name": self.name,
-                "command_line": " ".join(self.cmdline)[:4096], "args": list(self.cmdline)[:64],
-                "parent": {"pid": self.ppid}}
 
 
 def under(path: str, roots: Iterable[str]) -> bool:
@@ -181,7 +163,7 @@ class ProcessMonitor:
                         target = self._guarded_target(exe, cmdline, p)
                     if target:
                         found.append(Launch(p.pid, ct, target, exe, tuple(cmdline), p.ppid(),
-                                            p.name(), time.monotonic()))
+                                            p.name(), time.monotonic(), _uid_of(p)))
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
         self._known = current
@@ -224,61 +206,7 @@ class ProcessMonitor:
             self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
 
 
-def stop_process(launch: Launch) -> str:
-    """Kill the launched process, never a recycled PID. Returns the outcome.
-
-    Where pidfds exist (Linux 5.3+), the pidfd is opened before the identity check
-    (pid and create time), so the signal reaches the process that was checked even when
-    the PID is recycled right after, and the wait for its end cannot be fooled by a new
-    process that got the PID. Elsewhere: suspend, re-check identity, kill.
-    """
-    try:
-        pidfd = os.pidfd_open(launch.pid)
-    except ProcessLookupError:
-        return "already-gone"
-    except (AttributeError, OSError):
-        return _stop_by_pid(launch)
-    try:
-        try:
-            created = psutil.Process(launch.pid).create_time()
-        except psutil.NoSuchProcess:
-            return "already-gone"
-        except psutil.AccessDenied:
-            return "access-denied"
-        # Same create time now: the process held this PID since before the pidfd was
-        # opened, so the pidfd is that process.
-        if abs(created - launch.create_time) > 1e-3:
-            return "pid-recycled"
-        try:
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            return "already-gone"
-        except PermissionError:
-            return "access-denied"
-        import select
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        return "killed" if poller.poll(2000) else "kill-pending"
-    finally:
-        os.close(pidfd)
-
-
-def _stop_by_pid(launch: Launch) -> str:
-    try:
-        p = psutil.Process(launch.pid)
-        if abs(p.create_time() - launch.create_time) > 1e-3:
-            return "pid-recycled"
-        p.suspend()
-        if abs(p.create_time() - launch.create_time) > 1e-3:
-            p.resume()
-            return "pid-recycled"
-        p.kill()
-        try:
-            p.wait(2.0)
-        except psutil.TimeoutExpired:
-            return "kill-pending"
-        return "killed"
-    except psutil.NoSuchProcess:
-        return "already-gone"
-    except psutil.AccessDenied:
-        return "access-denied"
+def _uid_of(p: psutil.Process) -> int | None:
+    """The real user id of *p* (None where the OS has none: Windows)."""
+    uids = getattr(p, "uids", None)
+    return uids().real if uids is not None else None

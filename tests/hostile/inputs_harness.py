@@ -316,7 +316,7 @@ def _cpu_s() -> float:
 
 
 def _release_memory() -> None:
-    """What the agent does when idle (guard.daemon._release_memory): collect the cycles,
+    """What the agent does when idle (guard.agent.memory.release_memory): collect the cycles,
     give freed heap back. Between inputs, so one input's leftovers are not the next one's
     peak."""
     import gc
