@@ -549,7 +549,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_service(args: argparse.Namespace) -> int:
-    from .platform.windows import ServiceUnavailable, handle
+    from .service import ServiceUnavailable, handle
     try:
         return handle(args.action)
     except ServiceUnavailable as exc:

@@ -341,6 +341,10 @@ def build_launch(config: Config, parts: Parts) -> LaunchControl:
                            scan=lambda path: parts.scanner.scan_file(path, follow=False),
                            follow_up=follow_up)
     follow_up.verdict_now = launch.verdict_now
+    if source is not None:
+        # reported from the follow-up thread: a source's threads answer the kernel and
+        # must never wait for the audit log
+        source.on_error = lambda m: follow_up.report_later(Problem.LAUNCH, m)
     return launch
 
 

@@ -373,6 +373,7 @@ class Problem(enum.StrEnum):
     SCAN = "scan"                        # a file's handling raised (the file is skipped)
     QUARANTINE = "quarantine"            # a move to the vault failed
     PROVENANCE = "provenance"            # a file's download metadata could not be read
+    LAUNCH = "launch"                    # an exec event could not be read or answered well
     LAUNCH_RECORD = "launch-record"      # an exec decision could not be recorded
     LAUNCH_FOLLOW_UP = "launch-follow-up"  # the quarantine or notice after a denial failed
     NOTIFY = "notify"                    # a notification could not be delivered

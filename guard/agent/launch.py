@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -304,7 +303,6 @@ class LaunchFollowUp:
         self.roots = roots                  # the watched folders a denied file may be in
         self.verdict_now = verdict_now
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-launch")
-        self._lock = threading.Lock()
 
     def submit(self, outcome: LaunchOutcome) -> None:
         try:
@@ -315,6 +313,14 @@ class LaunchFollowUp:
 
     def stop(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=False)
+
+    def report_later(self, kind: Problem, message: str) -> None:
+        """Report a failure from a thread that must not wait (a source answering the
+        kernel): the report, and its record, are made on the follow-up thread."""
+        try:
+            self._pool.submit(self.problems.report, kind, message)
+        except RuntimeError:                # stopping: counted at least
+            self.counters.bump("errors")
 
     def _run(self, o: LaunchOutcome) -> None:
         try:

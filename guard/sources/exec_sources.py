@@ -36,6 +36,7 @@ class FanotifySource:
 
     def __init__(self, roots: tuple[str, ...], exclude: Callable[[str], bool],
                  deadline_s: float, fail_closed: bool):
+        self.on_error: Callable[[str], None] | None = None   # told of each failure
         self.roots = roots
         self.exclude = exclude
         self.deadline_s = deadline_s
@@ -47,6 +48,7 @@ class FanotifySource:
         fan = fanotify.FanotifyGuard(handler.quick, handler.decide, handler.report,
                                      self.deadline_s, self.fail_closed)
         fan.confine = self.roots              # no mark ever lands outside them
+        fan.on_error = self.on_error
         mounts = fanotify.mount_points()
         for root in self.roots:
             fan.mark_tree(root, self.exclude, mounts)
@@ -99,12 +101,14 @@ class MonitorSource:
     _GUARDED_MAX = 10_000
 
     def __init__(self, roots: tuple[str, ...], poll_s: float):
+        self.on_error: Callable[[str], None] | None = None   # told of each failed poll
         self.roots = roots
         self.poll_s = poll_s
         self._mon: ProcessMonitor | None = None
 
     def start(self, handler: ExecHandler) -> None:
         self._mon = ProcessMonitor(self.roots, handler.on_launch, self.poll_s)
+        self._mon.on_error = self.on_error
         self._mon.start()
 
     def stop(self) -> None:

@@ -210,6 +210,7 @@ class FanotifyGuard:
         self.marked_mounts: dict[int, str] = {}         # mount ID -> mount point
         self.marked_files: set[tuple[int, int]] = set()
         self.confine: tuple[str, ...] = ()   # real paths marks must stay under (owner sets)
+        self.on_error: Callable[[str], None] | None = None   # told of each failure
         self.stats = {"events": 0, "allowed": 0, "denied": 0, "timeouts": 0, "errors": 0,
                       "refused": 0}
         flags = FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS
@@ -407,11 +408,17 @@ class FanotifyGuard:
         os.close(self._wake_w)
 
     # --- answering -----------------------------------------------------------------------
+    def _failed(self, message: str) -> None:
+        """Counted (``stats['errors']``) and handed to ``on_error``, never dropped."""
+        self.stats["errors"] += 1
+        if self.on_error is not None:
+            self.on_error(message)
+
     def _write_response(self, fd: int, allow: bool) -> None:
         try:
             os.write(self.fd, _RESPONSE.pack(fd, FAN_ALLOW if allow else FAN_DENY))
-        except OSError:
-            self.stats["errors"] += 1
+        except OSError as exc:
+            self._failed(f"fanotify: an answer could not be written: {exc}")
 
     def _release(self, fd: int) -> None:
         """Drop one hold on an event's descriptor (caller holds the lock); the last one
@@ -441,8 +448,9 @@ class FanotifyGuard:
         self.stats["allowed" if ans.allow else "denied"] += 1
         try:
             self.report(ev, ans, time.monotonic() - ev.received)
-        except Exception:
-            self.stats["errors"] += 1
+        except Exception as exc:  # noqa: BLE001 - the answer went out; the record is lost
+            self._failed(f"fanotify: a launch was answered but not reported: "
+                         f"{type(exc).__name__}: {exc}")
         finally:
             with self._lock:
                 self._release(ev.fd)
@@ -467,7 +475,7 @@ class FanotifyGuard:
             except OSError as exc:
                 if exc.errno in (errno.EAGAIN, errno.EINTR):
                     continue
-                self.stats["errors"] += 1
+                self._failed(f"fanotify: reading events failed: {exc}")
                 time.sleep(0.01)
                 continue
             now = time.monotonic()
@@ -481,8 +489,8 @@ class FanotifyGuard:
             self._holds[ev.fd] = 1
         try:
             ans = self.quick(ev)
-        except Exception:
-            self.stats["errors"] += 1
+        except Exception as exc:  # noqa: BLE001 - the decision pool answers it instead
+            self._failed(f"fanotify: a quick answer failed: {type(exc).__name__}: {exc}")
             ans = None
         if ans is not None:
             self.answer(ev, ans)

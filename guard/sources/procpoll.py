@@ -119,6 +119,7 @@ class ProcessMonitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.errors = 0
+        self.on_error: Callable[[str], None] | None = None   # told of each failed poll
 
     def start(self) -> None:
         self._known = self._snapshot()         # what ran before us is not a new launch
@@ -201,8 +202,10 @@ class ProcessMonitor:
             try:
                 for launch in self.poll_once():
                     self.on_launch(launch)
-            except Exception:   # one bad poll must not end the monitor
+            except Exception as exc:  # noqa: BLE001 - one bad poll must not end the monitor
                 self.errors += 1
+                if self.on_error is not None:
+                    self.on_error(f"process poll failed: {type(exc).__name__}: {exc}")
             self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
 
 

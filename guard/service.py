@@ -1,5 +1,8 @@
 """The agent as a Windows service (pywin32): ``guard service install|remove|start|stop``.
 
+An entry point like ``guard.cli``: it runs the daemon, so it lives beside it, not in
+``guard.platform`` (no room imports the daemon).
+
 Not tested on the project's CI, which has no Windows: the tests check only that other
 systems refuse the command with a clear message. pywin32 is imported here alone, on
 Windows, when a service command runs; it is not a dependency elsewhere.
@@ -45,11 +48,10 @@ def _service_class():
             win32event.SetEvent(self._stop_event)
 
         def SvcDoRun(self):  # noqa: N802 - pywin32's name
-            from ..config import load_config
-            from ..daemon import Daemon
+            from .config import load_config
+            from .daemon import Daemon
             servicemanager.LogInfoMsg("guard agent starting")
-            daemon = Daemon(load_config(None), None)
-            daemon.acquire_lock()
+            daemon = Daemon(load_config(None), None)      # takes the instance lock
             daemon.start()
             self.ReportServiceStatus(win32service.SERVICE_RUNNING)
             win32event.WaitForSingleObject(self._stop_event, win32event.INFINITE)
